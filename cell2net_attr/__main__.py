@@ -1,0 +1,5 @@
+"""``python -m cell2net_attr``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,230 @@
+"""The notebook API: :func:`load_model` and :func:`tf_attr`, mirroring cell2net's ``tf_attr``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .architecture import Cell2NetModule
+from .checkpoint import Checkpoint, infer_spec, load_checkpoint
+from .compute import run_engine
+from .data import GeneData, load_gene_data, open_store
+from .device import resolve_device
+from .engine import IGParams, make_engine
+from .errors import UserError
+from .progress import NullProgress, Progress
+from .selection import resolve_idx
+
+
+@dataclass
+class AttributionModel:
+    """A checkpoint's module bound to one gene's data, ready for attribution.
+
+    Attributes mirror an upstream ``Cell2Net`` object: ``module``, ``device``, ``gene``,
+    ``covariates``, ``tfs`` and ``mdata`` (the per-gene MuData, built on first access).
+    """
+
+    module: Cell2NetModule
+    data: GeneData
+    device: torch.device
+    checkpoint: Checkpoint | None = None
+    _mdata: Any = field(default=None, repr=False)
+
+    @property
+    def gene(self) -> str:
+        """The modelled gene."""
+        return self.data.gene
+
+    @property
+    def covariates(self) -> list[str]:
+        """Covariate obs columns, in the model's order."""
+        return self.data.covariates
+
+    @property
+    def tfs(self) -> list[str]:
+        """TF names in the model's input order."""
+        return self.data.tfs
+
+    @property
+    def mdata(self):
+        """The per-gene MuData, as upstream's ``Cell2Net.mdata`` (read on first access)."""
+        if self._mdata is None:
+            self._mdata = _per_gene_mudata(self.data)
+        return self._mdata
+
+    def close(self) -> None:
+        """Release the data file."""
+        self.data.close()
+
+
+def load_model(
+    checkpoint: str | Path,
+    data: str | Path | Any,
+    gene: str | None = None,
+    covariates: list[str] | str | None = None,
+    device: str = "auto",
+    rna_mod: str = "rna",
+    atac_mod: str = "atac",
+    hdf5_locking: bool | None = None,
+) -> AttributionModel:
+    """Load a Cell2Net checkpoint and bind it to its data, checking that they match.
+
+    Parameters
+    ----------
+    checkpoint
+        ``GENE.pt`` written by ``Cell2Net.save``.
+    data
+        The per-gene ``GENE.h5mu`` saved beside it, the full multi-gene ``.h5mu``, or a MuData.
+    gene
+        Gene name; defaults to the checkpoint's file stem.
+    covariates
+        obs columns in the model's order (a list or ``"a,b"``); required when the model has any.
+    device
+        ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    ck = load_checkpoint(checkpoint, gene)
+    cov = _covariate_list(covariates)
+    store = open_store(data, locking=hdf5_locking)
+    try:
+        if ck.spec.n_covariates and not cov:
+            from .data import numeric_obs_columns
+
+            candidates = numeric_obs_columns(store)
+            raise UserError(f"the model needs {ck.spec.n_covariates} covariate(s) and none were given; "
+                            f"numeric obs columns: {', '.join(candidates) or 'none'} "
+                            f"(name them in the model's order)", "--covariates")
+        gene_data = load_gene_data(store, ck.gene, ck.spec, cov, rna_mod, atac_mod)
+    except BaseException:
+        store.close()
+        raise
+    dev = resolve_device(device)
+    return AttributionModel(ck.build_module().to(dev), gene_data, dev, ck)
+
+
+def as_model(model: Any) -> AttributionModel:
+    """Accept our :class:`AttributionModel` or an upstream ``Cell2Net`` (without importing cell2net)."""
+    if isinstance(model, AttributionModel):
+        return model
+    if not all(hasattr(model, a) for a in ("module", "mdata", "covariates")):
+        raise UserError(f"expected a model from load_model() or a cell2net Cell2Net, got {type(model).__name__}")
+    up = model.module
+    summary = {k: getattr(up, k) for k in ("n_peaks", "peak_len", "n_tfs", "n_covariates") if hasattr(up, k)}
+    state = {k: v.detach().cpu() for k, v in up.state_dict().items()}
+    spec = infer_spec(state, summary, Path("<upstream module>"))
+    module = Cell2NetModule(spec)
+    module.load_state_dict(state, strict=True)
+    gene = getattr(model, "gene", None) or str(model.mdata.mod["rna"].var_names[0])
+    cov = list(model.covariates or [])
+    gene_data = load_gene_data(open_store(model.mdata), gene, spec, cov)
+    device = getattr(model, "device", None) or next(up.parameters()).device
+    device = torch.device(device) if str(device) else torch.device("cpu")
+    return AttributionModel(module.eval().to(device), gene_data, device, None, model.mdata)
+
+
+def tf_attr(
+    model: Any,
+    idx: list[int] | list[str] | str | None = None,
+    batch_size: int = 4,
+    num_workers: int = 1,
+    n_steps: int = 100,
+    multiply_by_inputs: bool = True,
+    *,
+    method: str = "gausslegendre",
+    engine: str = "fast",
+    module_mode: str = "eval",
+    seed: int | None = None,
+    idx_type: str = "auto",
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Integrated Gradients of the prediction with respect to TF expression, cells x TFs.
+
+    Same signature and result as ``cell2net.interpretation.tf_attr`` (baseline zero for TF
+    expression, other inputs held fixed); the keyword-only arguments choose the quadrature
+    (or ``method="exact"``), the engine, and the module mode.
+    """
+    attr, _ = attribute(model, idx, batch_size, num_workers, IGParams(n_steps, method, multiply_by_inputs,
+                        module_mode, seed), engine, idx_type, progress)
+    return attr
+
+
+def attribute(
+    model: Any,
+    idx,
+    batch_size: int,
+    num_workers: int,
+    params: IGParams,
+    engine: str = "fast",
+    idx_type: str = "auto",
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Attributions (and deltas when ``params.return_delta``) held in memory."""
+    m = as_model(model)
+    rows = resolve_idx(idx, m.data.obs_names, idx_type)
+    out = np.empty((len(rows), len(m.tfs)), dtype=np.float32)
+    delta = np.empty(len(rows), dtype=np.float32) if params.return_delta else None
+
+    def sink(start: int, a: np.ndarray, d: np.ndarray | None) -> None:
+        out[start : start + len(a)] = a
+        if delta is not None and d is not None:
+            delta[start : start + len(d)] = d
+
+    run_cells(m, rows, params, engine, batch_size, num_workers, sink, progress or NullProgress())
+    return out, delta
+
+
+def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: str, batch_size: int,
+              num_workers: int, sink, progress: Progress) -> None:
+    """Build the engine for ``m`` and stream ``rows`` through it into ``sink``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"must be an integer >= 1, got {batch_size!r}", "--batch-size")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise UserError(f"must be an integer >= 0, got {num_workers!r}", "--num-workers")
+    seq = torch.from_numpy(m.data.peak_seq).to(m.device)
+    dist = torch.from_numpy(m.data.peak_dist).to(m.device)
+    eng = make_engine(engine, m.module, seq, dist, params)
+    progress.start(len(rows), m.gene)
+    try:
+        run_engine(eng, m.data, rows, m.device, sink, batch_size, num_workers, progress.advance)
+    finally:
+        progress.stop()
+
+
+def _covariate_list(covariates: list[str] | str | None) -> list[str]:
+    if covariates is None:
+        return []
+    if isinstance(covariates, str):
+        items = [c.strip() for c in covariates.split(",")]
+        if any(not c for c in items):
+            raise UserError(f"empty column name in '{covariates}'", "--covariates")
+        return items
+    return [str(c) for c in covariates]
+
+
+def _per_gene_mudata(data: GeneData):
+    """Build upstream's per-gene MuData view from the data file (for notebook users)."""
+    import mudata as md
+
+    store = data.store
+    if hasattr(store, "mdata"):
+        return store.mdata
+    full = md.read_h5mu(store.path)
+    if data.layout == "per-gene":
+        return full
+    import pandas as pd
+
+    rna = full.mod["rna"][:, data.gene].copy()
+    rna.obsm["tf"] = full.mod["rna"][:, data.tfs].layers["counts"].copy()
+    atac = full.mod["atac"][:, data.peaks].copy()
+    if "peaks" in atac.uns:
+        atac.uns["peaks"] = atac.uns["peaks"].loc[data.peaks].copy()
+    view = md.MuData({"rna": rna, "atac": atac})
+    view.obs = full.obs.copy()
+    view.uns["tfs"] = list(data.tfs)
+    p2g = full.uns["peak_to_gene"]
+    view.uns["peak_to_gene"] = p2g[p2g["gene"].astype(str) == data.gene].reset_index(drop=True)
+    assert isinstance(view.uns["peak_to_gene"], pd.DataFrame)
+    return view

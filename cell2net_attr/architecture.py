@@ -1,0 +1,175 @@
+"""The Cell2Net 0.13 network, rebuilt so that upstream state dicts load with ``strict=True``.
+
+The parameter names and the computation follow ``PeaksTF2GeneExpressionPoisson`` of
+cell2net 0.13; every size is an argument of :class:`ModelSpec`, which the checkpoint
+loader infers from the state-dict shapes. Inputs, per cell:
+
+* ``peak_seq``  (B, P, L, 4) one-hot sequence of each peak,
+* ``peak_acc``  (B, P)       accessibility counts,
+* ``peak_dist`` (B, P)       ``exp(-distance / 500000)``,
+* ``tf_exp``    (B, T)       TF counts,
+* ``covariates``(B, C)       numeric covariates,
+
+and the output is (B, 1), the log-rate of a Poisson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+#: Upstream hard-codes these; they are not recoverable from shapes.
+N_HEADS = 4
+ATTN_DROPOUT = 0.1
+HEAD_DROPOUT = 0.25
+MERGE_HIDDEN = 126
+HEAD_HIDDEN = 32
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Every hyper-parameter of one Cell2Net module."""
+
+    n_peaks: int
+    peak_len: int
+    n_tfs: int
+    n_covariates: int
+    n_filters: tuple[int, ...]
+    n_channels: int
+    kernel_size: int
+    n_dims: int
+    n_attn_blocks: int
+    head_hidden: int = HEAD_HIDDEN
+    merge_hidden: int = MERGE_HIDDEN
+
+    @property
+    def embd_len(self) -> int:
+        """Length of the sequence embedding after the pooling tower."""
+        return self.peak_len // (2 ** len(self.n_filters))
+
+    @property
+    def head_in(self) -> int:
+        """Width of the head's input: attention output, distances, TFs, covariates."""
+        return self.n_peaks * (self.n_dims + 1) + self.n_tfs + self.n_covariates
+
+    def as_dict(self) -> dict:
+        """Plain-type dictionary (for HDF5 attributes and ``inspect``)."""
+        d = asdict(self)
+        d["n_filters"] = list(self.n_filters)
+        return d
+
+
+class SeqEncoder(nn.Module):
+    """Convolution tower shared by all peaks; pools the length by 2 per stage."""
+
+    def __init__(self, n_channels: int, kernel_size: int, n_filters: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stem_conv = nn.Sequential(
+            nn.Conv2d(n_channels, n_filters[0], kernel_size=(1, kernel_size), padding="same"),
+            nn.ELU(),
+        )
+        widths = list(n_filters) + [n_filters[-1]]
+        stages: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_out, kernel_size=(1, 3), padding=(0, 1)),
+                    nn.BatchNorm2d(c_out),
+                    nn.ELU(),
+                    nn.MaxPool2d(kernel_size=(1, 2), stride=(1, 2)),
+                )
+            )
+            stages.append(nn.Sequential(nn.Conv2d(c_out, c_out, kernel_size=(1, 1)), nn.ELU()))
+        self.conv_tower = nn.ModuleList(stages)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, P, L, 4) one-hot -> (B, P, F * L') flattened embedding per peak."""
+        x = self.stem_conv(seq.permute(0, 3, 1, 2))
+        for i in range(0, len(self.conv_tower), 2):
+            x = self.conv_tower[i](x)
+            x = self.conv_tower[i + 1](x) + x
+        return torch.flatten(x.permute(0, 2, 1, 3), start_dim=2)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm self-attention block over peaks (upstream's MLP has no activation between its layers)."""
+
+    def __init__(self, n_embd: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.attn = nn.MultiheadAttention(n_embd, N_HEADS, batch_first=True)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.mlpf = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd),
+            nn.Linear(4 * n_embd, n_embd),
+            nn.ReLU(),
+            nn.Dropout(ATTN_DROPOUT),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlpf(self.ln_2(x))
+
+
+class Cell2NetModule(nn.Module):
+    """Cell2Net 0.13's ``PeaksTF2GeneExpressionPoisson`` with every size explicit."""
+
+    def __init__(self, spec: ModelSpec, dropout_rate: float = HEAD_DROPOUT) -> None:
+        super().__init__()
+        self.spec = spec
+        self.seq_encoder = SeqEncoder(spec.n_channels, spec.kernel_size, spec.n_filters)
+        self.attn_blocks = nn.ModuleList(AttentionBlock(spec.n_dims) for _ in range(spec.n_attn_blocks))
+        self.merge_seq_atac = nn.Sequential(
+            nn.Conv1d(spec.embd_len * spec.n_filters[-1] + 1, spec.merge_hidden, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv1d(spec.merge_hidden, spec.n_dims, kernel_size=1),
+            nn.ReLU(),
+        )
+        self.fc = nn.Sequential(
+            nn.Linear(spec.head_in, spec.head_hidden),
+            nn.ReLU(),
+            nn.BatchNorm1d(spec.head_hidden),
+            nn.Dropout(dropout_rate),
+            nn.Linear(spec.head_hidden, 1),
+        )
+
+    def encode_sequences(self, peak_seq: torch.Tensor) -> torch.Tensor:
+        """Sequence embedding, (B, P, L, 4) -> (B, P, F * L')."""
+        return self.seq_encoder(peak_seq)
+
+    def encode_peaks(self, seq_embd: torch.Tensor, peak_acc: torch.Tensor) -> torch.Tensor:
+        """Merge sequence embedding with accessibility and run attention -> (B, P * D)."""
+        merged = torch.cat([seq_embd, peak_acc.unsqueeze(-1)], dim=-1)
+        x = self.merge_seq_atac(merged.permute(0, 2, 1)).permute(0, 2, 1)
+        for block in self.attn_blocks:
+            x = block(x)
+        return torch.flatten(x, start_dim=1)
+
+    def head_input(
+        self,
+        peaks: torch.Tensor,
+        peak_dist: torch.Tensor,
+        tf_exp: torch.Tensor,
+        covariates: torch.Tensor,
+    ) -> torch.Tensor:
+        """Concatenate the head's input in upstream's order."""
+        return torch.cat([peaks, peak_dist, tf_exp, covariates], dim=1)
+
+    def forward(
+        self,
+        peak_seq: torch.Tensor,
+        peak_acc: torch.Tensor,
+        peak_dist: torch.Tensor,
+        tf_exp: torch.Tensor,
+        covariates: torch.Tensor,
+    ) -> torch.Tensor:
+        peaks = self.encode_peaks(self.encode_sequences(peak_seq), peak_acc)
+        return self.fc(self.head_input(peaks, peak_dist, tf_exp, covariates))
+
+    def tf_slice(self) -> slice:
+        """Columns of the head's first Linear that multiply the TF expression."""
+        start = self.spec.n_peaks * (self.spec.n_dims + 1)
+        return slice(start, start + self.spec.n_tfs)

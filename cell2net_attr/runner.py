@@ -1,0 +1,107 @@
+"""One command-line run: validate everything, stream cells through the engine into a writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .api import load_model, run_cells
+from .checkpoint import file_sha256
+from .engine import ENGINES, IGParams
+from .errors import UserError
+from .progress import Progress, make_progress
+from .selection import read_tokens, resolve_tokens
+from .writers import check_output, open_writer
+
+DEFAULT_BATCH = {"fast": 256, "captum": 4}
+
+
+@dataclass
+class RunOptions:
+    """Everything ``cell2net-attr run`` takes besides the two input files."""
+
+    out: Path | None = None
+    gene: str | None = None
+    covariates: str | list[str] | None = None
+    idx: str | None = None
+    idx_type: str = "auto"
+    n_steps: int = 100
+    method: str = "gausslegendre"
+    multiply_by_inputs: bool = True
+    engine: str = "fast"
+    module_mode: str = "eval"
+    seed: int | None = None
+    batch_size: int | None = None
+    num_workers: int = 1
+    device: str = "auto"
+    delta: bool = False
+    overwrite: bool = False
+    rna_mod: str = "rna"
+    atac_mod: str = "atac"
+    hdf5_locking: bool | None = None
+    quiet: bool = False
+
+    def params(self) -> IGParams:
+        """The attribution parameters, validated."""
+        return IGParams(self.n_steps, self.method, self.multiply_by_inputs, self.module_mode, self.seed,
+                        self.delta).validate()
+
+
+@dataclass
+class RunResult:
+    """What a run produced."""
+
+    gene: str
+    path: Path
+    n_cells: int
+    n_tfs: int
+    engine: str
+    device: str
+
+
+def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress | None = None) -> RunResult:
+    """Validate flags, inputs and output, then compute and write atomically."""
+    params = opts.params()
+    if opts.engine not in ENGINES:
+        raise UserError(f"unknown engine '{opts.engine}', choose from {', '.join(ENGINES)}", "--engine")
+    batch_size = opts.batch_size if opts.batch_size is not None else DEFAULT_BATCH[opts.engine]
+    if batch_size < 1:
+        raise UserError(f"must be >= 1, got {batch_size}", "--batch-size")
+    checkpoint, data = Path(checkpoint), Path(data)
+    gene = opts.gene or checkpoint.stem
+    out = Path(opts.out) if opts.out else Path(f"{gene}.tf_attr.h5")
+    check_output(out, opts.overwrite, [checkpoint, data])
+    if opts.delta and out.suffix.lower() == ".npy":
+        raise UserError("--delta is stored only in HDF5 output (.h5/.hdf5)", out)
+    tokens = read_tokens(opts.idx) if opts.idx is not None else None
+
+    model = load_model(checkpoint, data, gene, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod,
+                       opts.hdf5_locking)
+    try:
+        obs = model.data.obs_names
+        rows = resolve_tokens(tokens, obs, opts.idx_type) if tokens is not None else np.arange(len(obs))
+        meta = {
+            "gene": model.gene, "n_steps": params.n_steps, "method": params.method,
+            "multiply_by_inputs": params.multiply_by_inputs, "baseline": "zero", "engine": opts.engine,
+            "device": str(model.device), "module_mode": params.module_mode,
+            "seed": -1 if params.seed is None else params.seed, "tool": "cell2net-attr",
+            "tool_version": __version__, "checkpoint": str(checkpoint), "data": str(data),
+            "checkpoint_sha256": model.checkpoint.sha256 if model.checkpoint else "",
+            "data_sha256": file_sha256(data), "covariates": ",".join(model.covariates),
+            "data_layout": model.data.layout,
+        }
+        writer = open_writer(out, [str(o) for o in obs[rows]], model.tfs, meta, params.return_delta,
+                             opts.hdf5_locking)
+        try:
+            run_cells(model, rows, params, opts.engine, batch_size, opts.num_workers, writer.write,
+                      progress or make_progress(opts.quiet))
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        model.close()
+    return RunResult(model.gene, out, len(rows), len(model.tfs), opts.engine, str(model.device))

@@ -1,0 +1,206 @@
+"""The one I/O layer for MuData: paths into an ``.h5mu`` file, or into an in-memory MuData.
+
+Both stores answer the same questions with the on-disk path names of the MuData format
+(``obs``, ``uns/peak_to_gene``, ``mod/atac/layers/counts``, ...), so the per-gene view in
+:mod:`cell2net_attr.data` is written once. The HDF5 store reads only what it is asked for:
+small elements whole, matrices by rows, so a large file is never loaded whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .errors import UserError
+
+
+class H5Store:
+    """Read-only access to an ``.h5mu`` file through h5py and anndata's element readers."""
+
+    def __init__(self, path: str | Path, locking: bool | None = None) -> None:
+        self.path = Path(path)
+        self.source = str(path)
+        if not self.path.exists():
+            raise UserError("data file not found", path)
+        if self.path.is_dir():
+            raise UserError("data path is a directory, expected an .h5mu file", path)
+        try:
+            self._file = h5py.File(self.path, "r", locking=locking)
+        except OSError as exc:
+            raise UserError(f"not a readable HDF5 file ({_first_line(exc)})", path) from None
+        encoding = self._file.attrs.get("encoding-type", "")
+        if "mod" not in self._file or (encoding and str(encoding).lower() != "mudata"):
+            raise UserError("HDF5 file is not MuData (.h5mu): no 'mod' group", path)
+
+    def close(self) -> None:
+        """Close the file handle."""
+        self._file.close()
+
+    def has(self, key: str) -> bool:
+        """Whether the element exists."""
+        try:
+            return key in self._file
+        except (KeyError, OSError, RuntimeError):
+            return False
+
+    def read(self, key: str) -> Any:
+        """Read a small element whole (DataFrame, array, string list)."""
+        from anndata.io import read_elem
+
+        return self._guard(key, lambda: read_elem(self._file[key]))
+
+    def index(self, key: str) -> pd.Index:
+        """The index of a dataframe element (``obs``, ``mod/rna/var``...)."""
+        def _read() -> pd.Index:
+            from anndata.io import read_elem
+
+            group = self._file[key]
+            name = group.attrs["_index"]
+            return pd.Index(np.asarray(read_elem(group[name])).astype(str))
+
+        return self._guard(key, _read)
+
+    def column(self, key: str, name: str) -> Any:
+        """One column of a dataframe element, as a pandas Series-like array."""
+        from anndata.io import read_elem
+
+        return self._guard(f"{key}/{name}", lambda: read_elem(self._file[key][name]))
+
+    def columns(self, key: str) -> list[str]:
+        """Column names of a dataframe element."""
+        order = self._guard(key, lambda: self._file[key].attrs.get("column-order", []))
+        return [str(c) for c in np.atleast_1d(order)]
+
+    def shape(self, key: str) -> tuple[int, int]:
+        """Shape of a matrix element (sparse group or dense dataset)."""
+        def _shape() -> tuple[int, int]:
+            elem = self._file[key]
+            shape = elem.attrs["shape"] if isinstance(elem, h5py.Group) else elem.shape
+            return tuple(int(x) for x in shape)  # type: ignore[return-value]
+
+        return self._guard(key, _shape)
+
+    def rows(self, key: str, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+        """Dense float32 block of ``rows`` (in the given order) and ``cols`` of a matrix."""
+        def _read() -> np.ndarray:
+            elem = self._file[key]
+            order = np.argsort(rows, kind="stable")
+            sorted_rows = rows[order]
+            if isinstance(elem, h5py.Group):
+                from anndata.io import sparse_dataset
+
+                block = _take_rows(sparse_dataset(elem), sorted_rows)
+                block = block[:, cols] if cols is not None else block
+                block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            else:
+                block = _take_rows(elem, sorted_rows)
+                block = block[:, cols] if cols is not None else block
+            out = np.empty((len(rows), block.shape[1]), dtype=np.float32)
+            out[order] = block
+            return out
+
+        return self._guard(key, _read)
+
+    def _guard(self, key: str, fn):
+        try:
+            return fn()
+        except UserError:
+            raise
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as exc:
+            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from None
+
+
+def _take_rows(matrix, sorted_rows: np.ndarray):
+    """Rows of an h5py dataset or backed sparse matrix; a contiguous run is read as a slice."""
+    if len(sorted_rows) and sorted_rows[-1] - sorted_rows[0] + 1 == len(sorted_rows):
+        return matrix[int(sorted_rows[0]) : int(sorted_rows[-1]) + 1]
+    unique, inverse = np.unique(sorted_rows, return_inverse=True)
+    return matrix[unique][inverse]
+
+
+class MemoryStore:
+    """The same questions answered from an in-memory ``MuData`` (an upstream model's ``.mdata``)."""
+
+    def __init__(self, mdata: Any, source: str = "<in-memory MuData>") -> None:
+        self.mdata = mdata
+        self.source = source
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def _resolve(self, key: str) -> Any:
+        parts = key.split("/")
+        obj: Any = self.mdata
+        i = 0
+        while i < len(parts):
+            part = parts[i]
+            if part == "mod":
+                obj = obj.mod[parts[i + 1]]
+                i += 2
+                continue
+            if part in ("obs", "var"):
+                obj = getattr(obj, part)
+            elif part in ("uns", "layers", "obsm"):
+                obj = getattr(obj, part)[parts[i + 1]]
+                i += 1
+            else:
+                obj = obj[part]
+            i += 1
+        return obj
+
+    def has(self, key: str) -> bool:
+        """Whether the element exists."""
+        try:
+            self._resolve(key)
+            return True
+        except (KeyError, AttributeError, IndexError, TypeError):
+            return False
+
+    def read(self, key: str) -> Any:
+        """The element itself."""
+        return self._guard(key, lambda: self._resolve(key))
+
+    def index(self, key: str) -> pd.Index:
+        """Index of a dataframe element."""
+        return self._guard(key, lambda: pd.Index(self._resolve(key).index.astype(str)))
+
+    def column(self, key: str, name: str) -> Any:
+        """One dataframe column."""
+        return self._guard(f"{key}/{name}", lambda: self._resolve(key)[name])
+
+    def columns(self, key: str) -> list[str]:
+        """Column names of a dataframe element."""
+        return self._guard(key, lambda: [str(c) for c in self._resolve(key).columns])
+
+    def shape(self, key: str) -> tuple[int, int]:
+        """Matrix shape."""
+        return self._guard(key, lambda: tuple(int(x) for x in self._resolve(key).shape))
+
+    def rows(self, key: str, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+        """Dense float32 block of ``rows`` and ``cols``."""
+        def _read() -> np.ndarray:
+            block = self._resolve(key)[rows]
+            block = block[:, cols] if cols is not None else block
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            return block.astype(np.float32, copy=False)
+
+        return self._guard(key, _read)
+
+    def _guard(self, key: str, fn):
+        try:
+            return fn()
+        except (KeyError, AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from None
+
+
+Store = H5Store | MemoryStore
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

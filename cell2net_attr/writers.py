@@ -1,0 +1,165 @@
+"""Output writers: ``.npy`` and HDF5, written under a temporary name and renamed when complete.
+
+A writer is opened with the final shape, receives row blocks in any order with
+:meth:`write`, and is either committed (atomic rename into place) or aborted (the
+temporary file is removed). Nothing partial is ever left at the final path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Protocol
+
+import h5py
+import numpy as np
+
+from .errors import UserError
+
+FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5"}
+
+
+class Writer(Protocol):
+    """Receives blocks of rows and is then committed or aborted."""
+
+    path: Path
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def output_format(path: Path) -> str:
+    """The format named by the output suffix."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"unknown output format '{path.suffix}', use {', '.join(FORMATS)}", path)
+    return fmt
+
+
+def check_output(path: Path, overwrite: bool, inputs: list[Path]) -> str:
+    """Validate the output path before any work; returns its format."""
+    fmt = output_format(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError("output directory does not exist", parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError("output directory is not writable", parent)
+    resolved = path.resolve()
+    for inp in inputs:
+        if inp.exists() and inp.resolve() == resolved:
+            raise UserError("output would overwrite an input file", path)
+    if path.exists() and not overwrite:
+        raise UserError("output exists; pass --overwrite to replace it", path)
+    if path.is_dir():
+        raise UserError("output path is a directory", path)
+    return fmt
+
+
+def temp_path(path: Path) -> Path:
+    """Hidden in-progress name in the same directory, so the final rename is atomic."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+class _TempFileWriter:
+    """Shared commit/abort for writers of a temporary file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = temp_path(path)
+
+    def _close(self) -> None:  # overridden
+        pass
+
+    def commit(self) -> None:
+        """Flush, close and move into place."""
+        try:
+            self._close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise _os_error(exc, self.path) from None
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        try:
+            self._close()
+        except (OSError, ValueError, RuntimeError):
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+class NpyWriter(_TempFileWriter):
+    """float32 cells x TFs ``.npy`` through a memory map."""
+
+    def __init__(self, path: Path, n_rows: int, n_cols: int) -> None:
+        super().__init__(path)
+        try:
+            self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_cols))
+        except OSError as exc:
+            self.abort()
+            raise _os_error(exc, path) from None
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Store a block of rows."""
+        self._mm[start : start + len(attr)] = attr
+
+    def _close(self) -> None:
+        if getattr(self, "_mm", None) is not None:
+            self._mm.flush()
+            self._mm = None
+
+
+class H5Writer(_TempFileWriter):
+    """HDF5 with ``attributions``, ``obs_names``, ``tf_names``, optional ``convergence_delta``, metadata attrs."""
+
+    def __init__(self, path: Path, obs_names: list[str], tf_names: list[str], meta: dict,
+                 with_delta: bool, locking: bool | None = None) -> None:
+        super().__init__(path)
+        n, t = len(obs_names), len(tf_names)
+        try:
+            self._f = h5py.File(self.tmp, "w", locking=locking)
+            chunk_rows = max(1, min(n, 4096))
+            self._attr = self._f.create_dataset("attributions", shape=(n, t), maxshape=(None, t),
+                                                dtype="f4", chunks=(chunk_rows, t))
+            string = h5py.string_dtype()
+            self._f.create_dataset("obs_names", data=np.asarray(obs_names, dtype=object), dtype=string)
+            self._f.create_dataset("tf_names", data=np.asarray(tf_names, dtype=object), dtype=string)
+            self._delta = (self._f.create_dataset("convergence_delta", shape=(n,), maxshape=(None,), dtype="f4",
+                                                  chunks=(chunk_rows,)) if with_delta else None)
+            for key, value in meta.items():
+                self._f.attrs[key] = value
+        except OSError as exc:
+            self.abort()
+            raise _os_error(exc, path) from None
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Store a block of rows (and their deltas)."""
+        try:
+            self._attr[start : start + len(attr)] = attr
+            if self._delta is not None and delta is not None:
+                self._delta[start : start + len(delta)] = delta
+        except OSError as exc:
+            raise _os_error(exc, self.path) from None
+
+    def _close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            self._f.close()
+            self._f = None
+
+
+def open_writer(path: Path, obs_names: list[str], tf_names: list[str], meta: dict, with_delta: bool,
+                locking: bool | None = None) -> Writer:
+    """A writer for ``path``'s format (already validated by :func:`check_output`)."""
+    if output_format(path) == "npy":
+        return NpyWriter(path, len(obs_names), len(tf_names))
+    return H5Writer(path, obs_names, tf_names, meta, with_delta, locking)
+
+
+def _os_error(exc: OSError, path: Path) -> UserError:
+    if exc.errno == errno.ENOSPC or "No space" in str(exc):
+        return UserError("disk full while writing the output; nothing was left at the final path", path)
+    return UserError(f"cannot write output ({exc.strerror or exc})", path)

@@ -1,0 +1,138 @@
+"""Synthetic Cell2Net checkpoints and MuData files in the upstream 0.13 layout.
+
+Used by ``make demo``, the tests of randomly built models and the benchmarks. The files
+have exactly the structure upstream writes (checkpoint dict keys, ``uns["peak_to_gene"]``,
+``rna.uns["gene_tf"]``, ``atac.uns["peaks"]["sequence"]``, sparse ``layers["counts"]``),
+with random weights and data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .architecture import Cell2NetModule, ModelSpec
+
+
+@dataclass(frozen=True)
+class GeneSpec:
+    """A synthetic gene: how many peaks and TFs its model uses."""
+
+    name: str
+    n_peaks: int
+    n_tfs: int
+
+
+def random_module(spec: ModelSpec, seed: int = 0) -> Cell2NetModule:
+    """A module with random weights and non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    module = Cell2NetModule(spec)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+                m.weight.copy_(1.0 + 0.2 * torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+    return module.eval()
+
+
+def save_checkpoint(module: Cell2NetModule, path: str | Path, n_cells: int = 10) -> Path:
+    """Write ``module`` the way ``Cell2Net.save`` does (the keys and value types of 0.13)."""
+    spec = module.spec
+    summary = {"n_peaks": spec.n_peaks, "peak_len": spec.peak_len, "n_tfs": spec.n_tfs,
+               "n_covariates": spec.n_covariates, "n_filters": list(spec.n_filters),
+               "n_channels": spec.n_channels, "n_dims": spec.n_dims}
+    history = {"epochs": {0: 0}, "train_loss": {0: 1.0}, "valid_loss": {0: 1.0},
+               "train_corr": {0: 0.0}, "valid_corr": {0: 0.0}}
+    results = {"true": {i: 1.0 for i in range(n_cells)}, "pred": {i: 1.0 for i in range(n_cells)},
+               "data": {i: "train" for i in range(n_cells)}}
+    path = Path(path)
+    torch.save({"history": history, "model_state_dict": module.state_dict(), "module_summary": summary,
+                "results": results}, path)
+    return path
+
+
+def random_sequences(rng: np.random.Generator, n: int, length: int) -> list[str]:
+    """Random ACGT sequences, every fifth with three Ns (as in the upstream fixtures)."""
+    letters = np.array(list("ACGT"))
+    seqs = []
+    for i in range(n):
+        s = letters[rng.integers(0, 4, length)]
+        if i % 5 == 0:
+            s[rng.choice(length, 3, replace=False)] = "N"
+        seqs.append("".join(s))
+    return seqs
+
+
+def write_mudata(path: str | Path, genes: list[GeneSpec], n_cells: int, n_tfs_total: int,
+                 n_covariates: int = 2, peak_len: int = 256, seed: int = 0) -> dict[str, list[str]]:
+    """Write a full multi-gene ``.h5mu``; returns each gene's TFs in model order."""
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+    import scipy.sparse as sp
+
+    md.set_options(pull_on_update=False)
+    rng = np.random.default_rng(seed)
+    tf_names = [f"TF{i}" for i in range(n_tfs_total)]
+    gene_names = [g.name for g in genes]
+    rna_vars = gene_names + [t for t in tf_names if t not in gene_names]
+    obs_names = [f"cell_{i:07d}" for i in range(n_cells)]
+    obs = pd.DataFrame({f"cov{j}": rng.normal(size=n_cells).astype(np.float32) for j in range(n_covariates)},
+                       index=obs_names)
+    obs["celltype"] = pd.Categorical(rng.choice(["B", "Mono", "NK", "T"], n_cells))
+
+    gene_tf = pd.DataFrame(0, index=rna_vars, columns=tf_names, dtype=np.uint8)
+    model_tfs: dict[str, list[str]] = {}
+    rows, peaks_all = [], []
+    for gi, g in enumerate(genes):
+        chosen = sorted(rng.choice(n_tfs_total, g.n_tfs, replace=False))
+        gene_tf.loc[g.name, [tf_names[c] for c in chosen]] = 1
+        model_tfs[g.name] = [tf_names[c] for c in chosen]
+        for p in range(g.n_peaks):
+            start = 1000 * (len(peaks_all) + 1)
+            name = f"chr{gi + 1}-{start}-{start + 500}"
+            peaks_all.append(name)
+            rows.append((g.name, name, int(rng.integers(0, 500_000))))
+    p2g = pd.DataFrame(rows, columns=["gene", "peak", "distance"])
+
+    rna_counts = sp.random(n_cells, len(rna_vars), density=0.3, format="csr", random_state=seed,
+                           data_rvs=lambda k: rng.poisson(3, k) + 1).astype(np.float32)
+    atac_counts = sp.random(n_cells, len(peaks_all), density=0.2, format="csr", random_state=seed + 1,
+                            data_rvs=lambda k: rng.poisson(2, k) + 1).astype(np.float32)
+    rna = ad.AnnData(X=rna_counts.copy(), obs=obs.copy(), var=pd.DataFrame(index=rna_vars))
+    rna.layers["counts"] = rna_counts
+    rna.uns["gene_tf"] = gene_tf
+    atac = ad.AnnData(X=atac_counts.copy(), obs=obs.copy(), var=pd.DataFrame(index=peaks_all))
+    atac.layers["counts"] = atac_counts
+    atac.uns["peaks"] = pd.DataFrame({"chr": [p.split("-")[0] for p in peaks_all],
+                                      "sequence": random_sequences(rng, len(peaks_all), peak_len)},
+                                     index=peaks_all)
+    mdata = md.MuData({"rna": rna, "atac": atac})
+    mdata.obs = obs.copy()
+    mdata.uns["peak_to_gene"] = p2g
+    mdata.write_h5mu(str(path))
+    return model_tfs
+
+
+def make_gene_models(out_dir: str | Path, genes: list[GeneSpec], n_cells: int, n_tfs_total: int,
+                     n_covariates: int = 2, seed: int = 0, **arch) -> tuple[Path, list[Path]]:
+    """A full ``data.h5mu`` plus one random checkpoint per gene under ``out_dir/models``."""
+    out_dir = Path(out_dir)
+    (out_dir / "models").mkdir(parents=True, exist_ok=True)
+    data = out_dir / "data.h5mu"
+    peak_len = arch.pop("peak_len", 256)
+    write_mudata(data, genes, n_cells, n_tfs_total, n_covariates, peak_len, seed)
+    checkpoints = []
+    for i, g in enumerate(genes):
+        spec = ModelSpec(n_peaks=g.n_peaks, peak_len=peak_len, n_tfs=g.n_tfs, n_covariates=n_covariates,
+                         n_filters=tuple(arch.get("n_filters", (64, 32, 32, 16))), n_channels=4,
+                         kernel_size=arch.get("kernel_size", 5), n_dims=arch.get("n_dims", 16),
+                         n_attn_blocks=arch.get("n_attn_blocks", 1))
+        checkpoints.append(save_checkpoint(random_module(spec, seed + 100 * i), out_dir / "models" / f"{g.name}.pt"))
+    return data, checkpoints

@@ -112,7 +112,9 @@ def as_model(model: Any) -> AttributionModel:
     if not all(hasattr(model, a) for a in ("module", "mdata", "covariates")):
         raise UserError(f"expected a model from load_model() or a cell2net Cell2Net, got {type(model).__name__}")
     up = model.module
-    summary = {k: getattr(up, k) for k in ("n_peaks", "peak_len", "n_tfs", "n_covariates") if hasattr(up, k)}
+    keys = ("n_peaks", "peak_len", "n_tfs", "n_covariates")
+    # upstream's module carries these as attributes; ours carries a spec
+    summary = {k: getattr(getattr(up, "spec", up), k, None) for k in keys}
     state = {k: v.detach().cpu() for k, v in up.state_dict().items()}
     spec = infer_spec(state, summary, Path("<upstream module>"))
     module = Cell2NetModule(spec)
@@ -214,8 +216,6 @@ def _per_gene_mudata(data: GeneData):
     full = md.read_h5mu(store.path)
     if data.layout == "per-gene":
         return full
-    import pandas as pd
-
     rna = full.mod["rna"][:, data.gene].copy()
     rna.obsm["tf"] = full.mod["rna"][:, data.tfs].layers["counts"].copy()
     atac = full.mod["atac"][:, data.peaks].copy()
@@ -226,5 +226,4 @@ def _per_gene_mudata(data: GeneData):
     view.uns["tfs"] = list(data.tfs)
     p2g = full.uns["peak_to_gene"]
     view.uns["peak_to_gene"] = p2g[p2g["gene"].astype(str) == data.gene].reset_index(drop=True)
-    assert isinstance(view.uns["peak_to_gene"], pd.DataFrame)
     return view

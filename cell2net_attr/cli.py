@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
@@ -46,6 +47,8 @@ def _err(message: str) -> None:
 @contextlib.contextmanager
 def _reported() -> Iterator[None]:
     """Turn exceptions into one-line messages and exit codes (tracebacks only with --debug)."""
+    shown = warnings.showwarning
+    warnings.showwarning = lambda message, *args, **kw: _err(f"warning: {message}")
     try:
         yield
     except UserError as exc:
@@ -64,6 +67,8 @@ def _reported() -> Iterator[None]:
         _err(f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
              f" (rerun with --debug for a traceback)")
         raise typer.Exit(EXIT_INTERNAL) from None
+    finally:
+        warnings.showwarning = shown
 
 
 def _threads(threads: Optional[int]) -> None:

@@ -36,6 +36,8 @@ class IGParams:
         """Raise :class:`UserError` for values no engine accepts."""
         if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
             raise UserError(f"must be an integer >= 1, got {self.n_steps!r}", "--n-steps")
+        if self.method.startswith("riemann") and self.n_steps < 2:
+            raise UserError(f"the {self.method} method needs at least 2 steps", "--n-steps")
         if self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}', choose from {', '.join(METHODS)}", "--method")
         if self.module_mode not in MODULE_MODES:

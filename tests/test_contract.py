@@ -1,0 +1,128 @@
+"""The contract: reproduce upstream cell2net 0.13 ``tf_attr`` outputs in ``ref/`` numerically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import cell2net_attr
+from cell2net_attr.cli import app
+
+from .conftest import COVARIATES, manifest_cases
+
+DATA_FILES = ("per-gene", "full")
+
+
+def _data(upstream, gene: str, layout: str):
+    return upstream / "models" / f"{gene}.h5mu" if layout == "per-gene" else upstream / "full.h5mu"
+
+
+def _assert_close(got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.shape == ref.shape
+    assert got.dtype == np.float32
+    scale = np.abs(ref).max()
+    assert scale > 0
+    assert np.abs(got - ref).max() <= 1e-5 * scale
+
+
+def _idx_arg(idx) -> list[str]:
+    return [] if idx is None else ["--idx", ",".join(str(i) for i in idx)]
+
+
+@pytest.mark.parametrize("layout", DATA_FILES)
+@pytest.mark.parametrize("gene,ref", manifest_cases(), ids=lambda v: v["file"] if isinstance(v, dict) else str(v))
+def test_cli_reproduces_reference(upstream, tmp_path, gene, ref, layout):
+    out = tmp_path / "attr.npy"
+    args = ["run", str(upstream / "models" / f"{gene}.pt"), str(_data(upstream, gene, layout)),
+            "--covariates", COVARIATES, "--n-steps", str(ref["n_steps"]), "--out", str(out), "--quiet",
+            "--multiply-by-inputs" if ref["multiply_by_inputs"] else "--no-multiply-by-inputs", *_idx_arg(ref["idx"])]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    _assert_close(np.load(out), np.load(upstream / "ref" / ref["file"]))
+
+
+@pytest.mark.parametrize("layout", DATA_FILES)
+@pytest.mark.parametrize("gene,ref", manifest_cases(), ids=lambda v: v["file"] if isinstance(v, dict) else str(v))
+def test_api_reproduces_reference(upstream, gene, ref, layout):
+    model = cell2net_attr.load_model(upstream / "models" / f"{gene}.pt", _data(upstream, gene, layout),
+                                     covariates=["cov0", "cov1"], device="cpu")
+    try:
+        got = cell2net_attr.tf_attr(model, idx=ref["idx"], batch_size=4, num_workers=0, n_steps=ref["n_steps"],
+                                    multiply_by_inputs=ref["multiply_by_inputs"])
+    finally:
+        model.close()
+    _assert_close(got, np.load(upstream / "ref" / ref["file"]))
+
+
+@pytest.mark.parametrize("gene,ref", [c for c in manifest_cases() if isinstance(c, tuple)
+                                      and (c[1]["idx"] is not None or c[1]["n_steps"] == 20)],
+                         ids=lambda v: v["file"] if isinstance(v, dict) else str(v))
+def test_captum_engine_reproduces_reference(upstream, gene, ref):
+    """The reference engine, run exactly as upstream, on the entries that are quick to recompute."""
+    model = cell2net_attr.load_model(upstream / "models" / f"{gene}.pt", upstream / "full.h5mu",
+                                     covariates="cov0,cov1", device="cpu")
+    got = cell2net_attr.tf_attr(model, idx=ref["idx"], n_steps=ref["n_steps"], num_workers=0,
+                                multiply_by_inputs=ref["multiply_by_inputs"], engine="captum")
+    _assert_close(got, np.load(upstream / "ref" / ref["file"]))
+
+
+def test_tfs_and_architecture_match_manifest(upstream, manifest):
+    for gene, m in manifest["models"].items():
+        for layout in DATA_FILES:
+            model = cell2net_attr.load_model(upstream / "models" / f"{gene}.pt", _data(upstream, gene, layout),
+                                             covariates=["cov0", "cov1"], device="cpu")
+            assert model.tfs == m["tfs"]
+            assert model.gene == gene
+            assert model.data.layout == layout
+            spec = model.checkpoint.spec
+            assert (spec.n_peaks, spec.n_tfs, spec.kernel_size, spec.n_dims) == (
+                m["n_peaks"], m["n_tfs"], m["kernel_size"], m["n_dims"])
+            assert ",".join(map(str, spec.n_filters)) == m["n_filters"]
+            model.close()
+
+
+def test_upstream_style_object_is_accepted(upstream, manifest):
+    """An object with upstream Cell2Net's attributes (module, mdata, covariates, device) works as is."""
+    import mudata as md
+
+    from cell2net_attr.checkpoint import load_checkpoint
+
+    class Upstreamish:  # what cell2net.Cell2Net exposes, without importing cell2net
+        pass
+
+    ck = load_checkpoint(upstream / "models" / "GENE0.pt")
+    obj = Upstreamish()
+    obj.module, obj.covariates, obj.device, obj.gene = ck.build_module(), ["cov0", "cov1"], "cpu", "GENE0"
+    obj.mdata = md.read_h5mu(upstream / "models" / "GENE0.h5mu")
+    ref = manifest["models"]["GENE0"]["refs"][2]  # obs names, 100 steps
+    got = cell2net_attr.tf_attr(obj, idx=ref["idx"], n_steps=ref["n_steps"])
+    _assert_close(got, np.load(upstream / "ref" / ref["file"]))
+
+
+def test_h5_output_layout(upstream, tmp_path):
+    out = tmp_path / "g.h5"
+    result = CliRunner().invoke(app, ["run", str(upstream / "models" / "GENE0.pt"), str(upstream / "full.h5mu"),
+                                      "--covariates", COVARIATES, "--idx", "cell_00009_C,3", "--idx-type", "name",
+                                      "--out", str(out), "--delta", "-q"])
+    assert result.exit_code == 2  # "3" is not an obs name
+    result = CliRunner().invoke(app, ["run", str(upstream / "models" / "GENE0.pt"), str(upstream / "full.h5mu"),
+                                      "--covariates", COVARIATES, "--idx", "9,3", "--out", str(out), "--delta", "-q"])
+    assert result.exit_code == 0, result.output
+    import h5py
+
+    from cell2net_attr.checkpoint import file_sha256
+
+    with h5py.File(out) as f:
+        assert f["attributions"].shape == (2, 7) and f["attributions"].dtype == np.float32
+        assert [s.decode() for s in f["obs_names"][:]] == ["cell_00009_C", "cell_00003_T"]
+        assert [s.decode() for s in f["tf_names"][:]] == ["TF0", "TF2", "TF3", "TF4", "TF6", "TF7", "TF8"]
+        attrs = dict(f.attrs)
+        assert attrs["gene"] == "GENE0" and attrs["n_steps"] == 100 and attrs["method"] == "gausslegendre"
+        assert bool(attrs["multiply_by_inputs"]) and attrs["baseline"] == "zero" and attrs["engine"] == "fast"
+        assert attrs["device"] == "cpu" and attrs["tool_version"] == cell2net_attr.__version__
+        assert attrs["checkpoint_sha256"] == file_sha256(upstream / "models" / "GENE0.pt")
+        assert attrs["data_sha256"] == file_sha256(upstream / "full.h5mu")
+        delta = f["convergence_delta"][:]
+        assert delta.shape == (2,) and np.all(np.abs(delta) < 0.05)  # gauss-legendre, 100 steps

@@ -1,0 +1,114 @@
+"""The fast engine against the captum reference on randomly built models, and the exact method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cell2net_attr
+from cell2net_attr.architecture import ModelSpec
+from cell2net_attr.engine import IGParams, QUADRATURE_METHODS, make_engine
+from cell2net_attr.errors import UserError
+from cell2net_attr.synthetic import GeneSpec, make_gene_models
+
+SEEDS = [11, 12, 13, 14]
+
+
+def _random_arch(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n_stages = int(rng.integers(2, 5))
+    return dict(
+        n_filters=tuple(int(x) for x in rng.choice([8, 12, 16], n_stages)),
+        kernel_size=int(rng.choice([3, 4, 5, 7])),
+        n_dims=int(rng.choice([8, 12, 16])),
+        n_attn_blocks=int(rng.integers(1, 4)),
+        peak_len=int(2 ** n_stages * rng.integers(3, 9)),
+    )
+
+
+@pytest.fixture(scope="module", params=SEEDS)
+def random_model(request, tmp_path_factory):
+    seed = request.param
+    rng = np.random.default_rng(seed)
+    arch = _random_arch(seed)
+    gene = GeneSpec("G", int(rng.integers(1, 10)), int(rng.integers(1, 15)))
+    n_cov = int(rng.integers(0, 4))
+    data, (ck,) = make_gene_models(tmp_path_factory.mktemp(f"rand{seed}"), [gene], n_cells=12, n_tfs_total=16,
+                                   n_covariates=n_cov, seed=seed, **arch)
+    model = cell2net_attr.load_model(ck, data, covariates=[f"cov{j}" for j in range(n_cov)], device="cpu")
+    yield model
+    model.close()
+
+
+def test_spec_is_inferred_from_shapes(random_model):
+    spec = random_model.checkpoint.spec
+    saved = random_model.module.spec
+    assert spec == saved  # the spec written == the spec inferred from the state dict alone
+
+
+@pytest.mark.parametrize("method", QUADRATURE_METHODS)
+@pytest.mark.parametrize("mbi", [True, False])
+def test_fast_equals_captum(random_model, method, mbi):
+    for n_steps in (2, 7) if method != "gausslegendre" else (1, 7, 30):
+        kw = dict(idx=None, n_steps=n_steps, multiply_by_inputs=mbi, method=method, num_workers=0)
+        ref = cell2net_attr.tf_attr(random_model, engine="captum", batch_size=4, **kw)
+        fast = cell2net_attr.tf_attr(random_model, engine="fast", batch_size=5, **kw)
+        scale = np.abs(ref).max()
+        assert scale > 0
+        assert np.abs(fast - ref).max() <= 1e-5 * scale, (method, n_steps, mbi)
+
+
+def _attr_delta(model, method, n_steps, mbi=True):
+    from cell2net_attr.api import attribute
+
+    return attribute(model, None, 64, 0, IGParams(n_steps, method, mbi, return_delta=True))
+
+
+def test_exact_is_complete_and_quadrature_converges_to_it(random_model):
+    exact, delta = _attr_delta(random_model, "exact", 1)
+    scale = np.abs(exact).max()
+    f_gap = exact.sum(1) - delta  # F(x) - F(baseline)
+    assert np.abs(delta).max() <= 1e-5 * max(np.abs(f_gap).max(), 1e-3)
+    errors = [np.abs(_attr_delta(random_model, "riemann_trapezoid", n)[0] - exact).max() for n in (4, 32, 512)]
+    # the integrand is a step function of alpha, so Riemann sums converge like 1/n
+    assert errors[-1] <= max(5e-3 * scale, 1e-6)
+    assert errors[-1] <= errors[0] / 8
+    gl = _attr_delta(random_model, "gausslegendre", 400)[0]
+    assert np.abs(gl - exact).max() <= 5e-3 * scale
+
+
+def test_exact_needs_the_cell2net_head(random_model):
+    module = random_model.module
+    seq = torch.from_numpy(random_model.data.peak_seq)
+    dist = torch.from_numpy(random_model.data.peak_dist)
+    original = module.fc[1]
+    module.fc[1] = torch.nn.Tanh()
+    try:
+        with pytest.raises(UserError, match="ReLU -> BatchNorm1d"):
+            make_engine("fast", module, seq, dist, IGParams(method="exact"))
+        # the quadrature methods still work with any head after the first Linear
+        make_engine("fast", module, seq, dist, IGParams(method="gausslegendre"))
+    finally:
+        module.fc[1] = original
+
+
+def test_delta_matches_captum_definition(random_model):
+    """Convergence delta = sum(attr) - (F(x) - F(0)), the same from both engines."""
+    from cell2net_attr.api import attribute
+
+    p = IGParams(25, "gausslegendre", True, return_delta=True)
+    a_ref, d_ref = attribute(random_model, [0, 3, 5], 4, 0, p, engine="captum")
+    a_fast, d_fast = attribute(random_model, [0, 3, 5], 4, 0, p, engine="fast")
+    assert np.allclose(d_ref, d_fast, atol=1e-5 * max(1.0, np.abs(a_ref).max()))
+
+
+def test_riemann_needs_two_steps():
+    with pytest.raises(UserError, match="at least 2 steps"):
+        IGParams(1, "riemann_left").validate()
+
+
+def test_module_spec_roundtrip():
+    spec = ModelSpec(n_peaks=3, peak_len=64, n_tfs=2, n_covariates=0, n_filters=(8, 8), n_channels=4,
+                     kernel_size=4, n_dims=8, n_attn_blocks=2)
+    assert spec.embd_len == 16 and spec.head_in == 3 * 9 + 2

@@ -73,7 +73,13 @@ def load_checkpoint(path: str | Path, gene: str | None = None) -> Checkpoint:
     path = Path(path)
     raw = _read_torch_file(path)
     if not isinstance(raw, dict) or not all(k in raw for k in REQUIRED_KEYS):
-        have = sorted(map(str, raw.keys())) if isinstance(raw, dict) else type(raw).__name__
+        if isinstance(raw, dict):
+            keys = sorted(map(str, raw.keys()))
+            have = f"{keys[:5]}" + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            if "fc.0.weight" in raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
+                have += " (a bare state dict; Cell2Net.save also stores 'module_summary')"
+        else:
+            have = type(raw).__name__
         raise UserError(f"not a Cell2Net checkpoint: expected keys {list(REQUIRED_KEYS)}, found {have}", path)
     state, summary = raw["model_state_dict"], raw["module_summary"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -92,9 +98,15 @@ def _read_torch_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refused a global: the file wants to run code or build arbitrary objects.
         reason = str(exc).strip().splitlines()
-        detail = next((ln for ln in reason if "GLOBAL" in ln or "Unsupported" in ln), reason[0] if reason else "")
+        text = str(exc)
+        if "Unsupported operand" in text and "GLOBAL" not in text:
+            # an opcode the safe unpickler does not know: garbage, or a pickle that is not a torch file
+            first = next(ln for ln in reason if "Unsupported operand" in ln).strip()[:200]
+            raise UserError(f"not a readable PyTorch checkpoint ({first})", path) from None
+        # weights_only refused a global: the file wants to run code or build arbitrary objects.
+        detail = next((ln for ln in reason if any(w in ln for w in ("GLOBAL", "Unsupported", "Trying", "Can only"))),
+                      reason[0] if reason else "")
         raise UserError(f"refused to load: the file needs code execution to unpickle ({detail.strip()[:160]})", path) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError, AttributeError,
             IndexError, KeyError, TypeError, MemoryError) as exc:
@@ -171,7 +183,9 @@ def _spec_from_summary(summary: dict, path: Path, **inferred) -> ModelSpec:
 
 def _check_shapes(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> None:
     """Every tensor of the module must have the shape the spec implies."""
-    reference = Cell2NetModule(spec).state_dict()
+    # shapes only: on the meta device a spec with absurd sizes (a corrupt summary) allocates nothing
+    with torch.device("meta"):
+        reference = Cell2NetModule(spec).state_dict()
     missing = [k for k in reference if k not in state]
     extra = [k for k in state if k not in reference]
     if missing or extra:

@@ -1,6 +1,7 @@
 """The ``cell2net-attr`` command line: parse, call the library, report on stderr.
 
-Exit codes: 0 success, 1 internal error, 2 bad input (file, flag or index), 130 interrupted.
+Exit codes: 0 success, 1 internal error, 2 bad input (file, flag or index), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -49,6 +52,7 @@ def _reported() -> Iterator[None]:
     """Turn exceptions into one-line messages and exit codes (tracebacks only with --debug)."""
     shown = warnings.showwarning
     warnings.showwarning = lambda message, *args, **kw: _err(f"warning: {message}")
+    previous = _on_sigterm()
     try:
         yield
     except UserError as exc:
@@ -59,6 +63,9 @@ def _reported() -> Iterator[None]:
     except KeyboardInterrupt:
         _err("interrupted; no output was written")
         raise typer.Exit(130) from None
+    except Terminated:
+        _err("terminated (SIGTERM); no output was written")
+        raise typer.Exit(143) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -69,6 +76,23 @@ def _reported() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERNAL) from None
     finally:
         warnings.showwarning = shown
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM (scancel, preemption): unwinds like Ctrl-C so that partial outputs are removed."""
+
+
+def _on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` in the main thread; returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _threads(threads: Optional[int]) -> None:

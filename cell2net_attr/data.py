@@ -113,7 +113,12 @@ def load_gene_data(
 
     p2g = _gene_peaks(store, gene)
     peaks = [str(p) for p in p2g["peak"]]
-    layout = "per-gene" if store.has(f"mod/{rna_mod}/obsm/tf") and store.has("uns/tfs") else "full"
+    has_obsm_tf, has_tfs = store.has(f"mod/{rna_mod}/obsm/tf"), store.has("uns/tfs")
+    if has_obsm_tf != has_tfs:  # half of a per-gene file: say which half is missing
+        obsm_tf, uns_tfs = f"{rna_mod}.obsm['tf']", "mdata.uns['tfs']"
+        have, lack = (obsm_tf, uns_tfs) if has_obsm_tf else (uns_tfs, obsm_tf)
+        raise UserError(f"per-gene file has {have} but no {lack}", src)
+    layout = "per-gene" if has_obsm_tf and has_tfs else "full"
     if layout == "per-gene":
         tfs = [str(t) for t in np.atleast_1d(store.read("uns/tfs"))]
         tf_key, tf_cols = f"mod/{rna_mod}/obsm/tf", None
@@ -220,7 +225,15 @@ def _check_counts(spec: ModelSpec, gene: str, peaks: list, tfs: list, covariates
 
 def _columns(store: Store, var_key: str, names: list[str], what: str, where: str) -> np.ndarray:
     var_names = store.index(var_key)
-    pos = var_names.get_indexer(names)
+    if not var_names.is_unique:  # duplicates elsewhere are harmless; among ours they are ambiguous
+        clash = sorted(set(var_names[var_names.duplicated()]) & set(names))
+        if clash:
+            raise UserError(f"{what}(s) {clash[:5]} appear more than once in {where}", store.source)
+        first = np.flatnonzero(~var_names.duplicated())
+        pos = var_names[first].get_indexer(names)
+        pos = np.where(pos < 0, -1, first[np.maximum(pos, 0)])
+    else:
+        pos = var_names.get_indexer(names)
     if (pos < 0).any():
         absent = [n for n, p in zip(names, pos) if p < 0]
         raise UserError(f"{what}(s) {absent[:5]} not found in {where}", store.source)
@@ -236,12 +249,17 @@ def _sequences(store: Store, peaks: list[str], atac_mod: str) -> list[str]:
             absent = [p for p in peaks if p not in table.index]
             if absent:
                 raise UserError(f"peak(s) {absent[:5]} have no row in {atac_mod}.uns['peaks']", store.source)
+            clash = sorted(set(table.index[table.index.duplicated()]) & set(peaks))
+            if clash:
+                raise UserError(f"peak(s) {clash[:5]} have more than one row in {atac_mod}.uns['peaks']",
+                                store.source)
+            table = table[~table.index.duplicated()]
             return [str(s) if isinstance(s, str) else s for s in table.loc[peaks, "sequence"].tolist()]
     var_key = f"mod/{atac_mod}/var"
     if "dna_sequence" in store.columns(var_key):
         names = store.index(var_key)
         values = pd.Series(np.asarray(store.column(var_key, "dna_sequence"), dtype=object), index=names)
-        return values.loc[peaks].tolist()
+        return values[~values.index.duplicated()].loc[peaks].tolist()
     raise UserError(f"no peak sequences: neither {atac_mod}.uns['peaks']['sequence'] "
                     f"nor {atac_mod}.var['dna_sequence']", store.source)
 
@@ -260,6 +278,9 @@ def _covariate_matrix(store: Store, names: list[str], n_cells: int) -> np.ndarra
         ):
             raise UserError(f"covariate column '{name}' is not numeric ({dtype})", src)
         col = np.asarray(values, dtype=np.float32)
+        if col.shape != (n_cells,):
+            raise UserError(f"covariate column '{name}' has shape {list(col.shape)}, expected one value for each "
+                            f"of the {n_cells} cells", src)
         if not np.all(np.isfinite(col)):
             raise UserError(f"covariate column '{name}' has NaN or Inf values "
                             f"(first at cell {int(np.argmax(~np.isfinite(col)))})", src)
@@ -272,6 +293,9 @@ def _row_map(store: Store, mod: str, obs_names: pd.Index) -> np.ndarray | None:
     mod_names = store.index(f"mod/{mod}/obs")
     if mod_names.equals(obs_names):
         return None
+    if not mod_names.is_unique:
+        dup = mod_names[mod_names.duplicated()].unique()
+        raise UserError(f"modality '{mod}' names cell(s) {list(dup[:3])} more than once", store.source)
     pos = mod_names.get_indexer(obs_names)
     if (pos < 0).any():
         absent = [n for n, p in zip(obs_names, pos) if p < 0]

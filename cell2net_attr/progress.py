@@ -48,15 +48,16 @@ class LineProgress:
             self._line(now)
 
     def stop(self) -> None:
-        self._line(time.monotonic())
+        if self.done >= self.total:  # a failed run ends with its error, not a progress line
+            self._line(time.monotonic())
 
     def _line(self, now: float) -> None:
         elapsed = max(now - self.t0, 1e-9)
         rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        eta = f"{(self.total - self.done) / rate:.0f}s" if rate > 0 else "-"
         pct = 100.0 * self.done / max(self.total, 1)
         print(f"[{self.label}] {self.done}/{self.total} cells ({pct:.0f}%), {rate:.1f} cells/s, "
-              f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s", file=self.stream, flush=True)
+              f"elapsed {elapsed:.0f}s, ETA {eta}", file=self.stream, flush=True)
 
 
 class RichProgress:

@@ -19,6 +19,20 @@ import scipy.sparse as sp
 from .errors import UserError
 
 
+def _anndata_errors() -> tuple[type[Exception], ...]:
+    """anndata's error for an element it has no reader for (a corrupt or foreign encoding attribute)."""
+    try:
+        from anndata._io.specs.registry import IORegistryError
+    except ImportError:  # a future anndata moved it; its errors then count as internal
+        return ()
+    return (IORegistryError,)
+
+
+#: What reading a damaged or foreign file raises (reported as a bad file, not as a bug).
+_READ_ERRORS = (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError, NotImplementedError,
+                AttributeError, *_anndata_errors())
+
+
 class H5Store:
     """Read-only access to an ``.h5mu`` file through h5py and anndata's element readers."""
 
@@ -95,6 +109,8 @@ class H5Store:
                 from anndata.io import sparse_dataset
 
                 block = _take_rows(sparse_dataset(elem), sorted_rows)
+                if sp.issparse(block):
+                    _check_sparse(block)
                 block = block[:, cols] if cols is not None else block
                 block = block.toarray() if sp.issparse(block) else np.asarray(block)
             else:
@@ -111,8 +127,16 @@ class H5Store:
             return fn()
         except UserError:
             raise
-        except (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as exc:
+        except _READ_ERRORS as exc:
             raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from None
+
+
+def _check_sparse(block) -> None:
+    """A corrupt indptr/indices makes scipy's C code read out of bounds (a crash): refuse it first."""
+    block.check_format(full_check=True)  # index bounds, but only when the (possibly corrupt) nnz > 0
+    ptr = np.asarray(block.indptr, dtype=np.int64)
+    if ptr[0] != 0 or ptr[-1] != len(block.indices) or (len(ptr) > 1 and np.diff(ptr).min() < 0):
+        raise ValueError("inconsistent sparse matrix: indptr is not a non-decreasing 0..nnz sequence")
 
 
 def _take_rows(matrix, sorted_rows: np.ndarray):

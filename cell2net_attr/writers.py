@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Protocol
 
@@ -79,8 +80,10 @@ class _TempFileWriter:
         try:
             self._close()
             os.replace(self.tmp, self.path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py reports a failed flush as RuntimeError
             self.abort()
+            if not _is_io_failure(exc):
+                raise
             raise _os_error(exc, self.path) from None
 
     def abort(self) -> None:
@@ -99,6 +102,7 @@ class NpyWriter(_TempFileWriter):
         super().__init__(path)
         try:
             self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_cols))
+            _reserve(self.tmp)
         except OSError as exc:
             self.abort()
             raise _os_error(exc, path) from None
@@ -111,6 +115,22 @@ class NpyWriter(_TempFileWriter):
         if getattr(self, "_mm", None) is not None:
             self._mm.flush()
             self._mm = None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now: a full disk then fails here with ENOSPC, instead of
+    killing the process with SIGBUS at a later write through the memory map (leaving the temporary)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # EOPNOTSUPP, EINVAL...: the file system cannot preallocate; write as before
+    finally:
+        os.close(fd)
 
 
 class H5Writer(_TempFileWriter):
@@ -132,8 +152,10 @@ class H5Writer(_TempFileWriter):
                                                   chunks=(chunk_rows,)) if with_delta else None)
             for key, value in meta.items():
                 self._f.attrs[key] = value
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             self.abort()
+            if not _is_io_failure(exc):
+                raise
             raise _os_error(exc, path) from None
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
@@ -142,7 +164,9 @@ class H5Writer(_TempFileWriter):
             self._attr[start : start + len(attr)] = attr
             if self._delta is not None and delta is not None:
                 self._delta[start : start + len(delta)] = delta
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
+            if not _is_io_failure(exc):
+                raise
             raise _os_error(exc, self.path) from None
 
     def _close(self) -> None:
@@ -154,12 +178,45 @@ class H5Writer(_TempFileWriter):
 def open_writer(path: Path, obs_names: list[str], tf_names: list[str], meta: dict, with_delta: bool,
                 locking: bool | None = None) -> Writer:
     """A writer for ``path``'s format (already validated by :func:`check_output`)."""
+    n, t = len(obs_names), len(tf_names)
     if output_format(path) == "npy":
-        return NpyWriter(path, len(obs_names), len(tf_names))
+        _check_space(path, n * t * 4 + 4096)
+        return NpyWriter(path, n, t)
+    chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
+    rows = -(-n // chunk) * chunk
+    names = sum(len(str(s).encode()) + 16 for s in (*obs_names, *tf_names))
+    _check_space(path, rows * t * 4 + (rows * 4 if with_delta else 0) + names + (32 << 10))
     return H5Writer(path, obs_names, tf_names, meta, with_delta, locking)
 
 
-def _os_error(exc: OSError, path: Path) -> UserError:
-    if exc.errno == errno.ENOSPC or "No space" in str(exc):
+def _check_space(path: Path, needed: int) -> None:
+    """Refuse up front an output the disk cannot hold: HDF5 does not survive running out of space
+    mid-file (it crashes when the process exits)."""
+    try:
+        free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    except OSError:
+        return
+    if free < needed:
+        raise UserError(f"disk full: the output needs about {_size(needed)} but only {_size(free)} is free", path)
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _is_io_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or "write failed" in str(exc) or "No space" in str(exc)
+
+
+def _os_error(exc: BaseException, path: Path) -> UserError:
+    code, text = getattr(exc, "errno", None), str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space" in text or "errno = 28," in text:
         return UserError("disk full while writing the output; nothing was left at the final path", path)
-    return UserError(f"cannot write output ({exc.strerror or exc})", path)
+    detail = getattr(exc, "strerror", None) or (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return UserError(f"cannot write output ({detail})", path)

@@ -28,6 +28,13 @@ MAX_LINES = 3  # "a few lines at most", a final progress line included
 MAX_CHARS = 600
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _upstream_fixtures_never_change(upstream):
+    before = sha256_tree(upstream)
+    yield
+    assert sha256_tree(upstream) == before, "a shared fixture file changed"
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -538,7 +545,13 @@ def test_data_nan_or_inf(case, key, index, value, what):
 
 
 def test_data_nan_in_full_layout(case):
-    h5_edit(case.full, lambda f: f["mod/rna/layers/counts/data"].__setitem__(-1, np.nan))
+    def edit(f):
+        column = strings(f, "mod/rna/var/_index").index("TF2")  # one of GENE0's TFs
+        indptr, indices = f["mod/rna/layers/counts/indptr"][:], f["mod/rna/layers/counts/indices"][:]
+        hits = np.flatnonzero(indices[indptr[40]:] == column)
+        f["mod/rna/layers/counts/data"][indptr[40] + hits[0]] = np.nan
+
+    h5_edit(case.full, edit)
     run_case(case, "--batch-size", "8", "--n-steps", "4", "--idx", "32:64", data=case.full,
              mention=[str(case.full), "TF expression"])
 
@@ -576,9 +589,61 @@ def test_data_obs_missing_from_modality(case):
     run_case(case, mention=[str(case.data), "rna"])
 
 
-def test_data_sparse_matrix_corrupt(case):
-    h5_edit(case.data, lambda f: f["mod/atac/layers/counts/indptr"].__setitem__(10, 10**6))
-    run_case(case, "--n-steps", "4", mention=[str(case.data)])
+@pytest.mark.parametrize("key, index, value", [
+    ("mod/atac/layers/counts/indptr", 10, 10**6),  # scipy's column indexing read out of bounds (segfault)
+    ("mod/atac/layers/counts/indptr", 16, 2**31 - 1),  # negative nnz slips past scipy's own full check
+    ("mod/atac/layers/counts/indptr", 0, 5),
+    ("mod/atac/layers/counts/indices", 3, 100),  # a column beyond the matrix: silent memory corruption
+    ("mod/atac/layers/counts/indices", 3, -100),
+    ("mod/rna/obsm/tf/indptr", 40, 0),
+])
+def test_data_sparse_matrix_corrupt(case, key, index, value):
+    """Found by the fuzz test: these crashed the process before the sparse blocks were checked."""
+    h5_edit(case.data, lambda f: f[key].__setitem__(index, value))
+    run_case(case, "--n-steps", "4", mention=[str(case.data), key.rsplit("/", 1)[0]])
+
+
+def _resize(f: h5py.File, key: str, values) -> None:
+    attrs = dict(f[key].attrs)
+    values = np.asarray(values)
+    if values.dtype.kind in "OSU":
+        values = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+    del f[key]
+    f.create_dataset(key, data=values, dtype=h5py.string_dtype() if values.dtype.kind == "O" else values.dtype)
+    f[key].attrs.update(attrs)
+
+
+# regressions found by the fuzz test: each was an internal error (exit 1) or a silently wrong result
+@pytest.mark.parametrize("edit, what", [
+    (lambda f: _resize(f, "obs/cov0", f["obs/cov0"][:-1]), "cov0"),
+    (lambda f: _resize(f, "mod/atac/obs/_index", [*f["mod/atac/obs/_index"][:-1], f["mod/atac/obs/_index"][0]]),
+     "more than once"),
+    (lambda f: _resize(f, "mod/atac/var/_index", [f["mod/atac/var/_index"][1], *f["mod/atac/var/_index"][1:]]),
+     "more than once"),
+    (lambda f: [_resize(f, f"mod/atac/uns/peaks/{c}", [*f[f"mod/atac/uns/peaks/{c}"][:], f[f"mod/atac/uns/peaks/{c}"][0]])
+                for c in ("_index", "chr", "sequence")], "more than one row"),
+    (lambda f: f["uns/peak_to_gene"].attrs.__setitem__("encoding-type", ""), "uns/peak_to_gene"),
+    (lambda f: f["mod/atac/layers/counts"].attrs.__setitem__("encoding-type", np.asarray([], dtype=float)),
+     "counts"),
+    (lambda f: f["obs/_index"].attrs.__setitem__("encoding-version", ""), "obs"),
+], ids=["covariate-length", "duplicate-cells-in-modality", "duplicate-peak-in-var", "duplicate-sequence-row",
+        "empty-encoding", "array-encoding", "empty-encoding-version"])
+def test_data_fuzz_regressions(case, edit, what):
+    h5_edit(case.data, edit)
+    run_case(case, "--n-steps", "4", mention=[str(case.data), what])
+
+
+def test_data_duplicate_names_elsewhere_are_harmless(case):
+    """Duplicated var names that the model does not use (common for gene symbols) are no error."""
+    def edit(f):
+        _resize(f, "mod/rna/var/_index", ["TFx", "TFx", *strings(f, "mod/rna/var/_index")[2:]])
+
+    h5_edit(case.full, edit)
+    with h5py.File(case.full) as f:
+        names = strings(f, "mod/rna/var/_index")
+    assert "TF0" in names and names.count("TFx") == 2  # GENE0 and GENE1 renamed, TFs intact
+    r = invoke(["run", case.ck, case.full, "--covariates", COVARIATES, "-o", case.target, "--n-steps", "4", "-q"])
+    assert r.exit_code == 0, r.stderr
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -785,7 +850,14 @@ def test_disk_full_hdf5_while_writing(case, monkeypatch):
     run_case(case, "--n-steps", "4", mention=[str(case.target), "disk full"])
 
 
-def test_disk_full_hdf5_on_close(case, monkeypatch):
+def _h5py_flush_failure(*_a, **_k):
+    """What h5py raises when HDF5 cannot flush to a full disk: a RuntimeError, not an OSError."""
+    raise RuntimeError("Unable to flush raw data (file write failed: time = Thu Jan  1 00:00:00 2026\n, "
+                       "filename = 'x', file descriptor = 3, errno = 28, error message = 'No space left on device')")
+
+
+@pytest.mark.parametrize("failure", [_enospc, _h5py_flush_failure], ids=["OSError", "h5py-RuntimeError"])
+def test_disk_full_hdf5_on_close(case, monkeypatch, failure):
     real_close = h5py.File.close
     calls = []
 
@@ -794,7 +866,7 @@ def test_disk_full_hdf5_on_close(case, monkeypatch):
         calls.append(1)
         real_close(self)
         if first:
-            _enospc()
+            failure()
 
     monkeypatch.setattr(h5py.File, "close", close)
     run_case(case, "--n-steps", "4", "--delta", mention=[str(case.target), "disk full"])
@@ -812,9 +884,50 @@ def test_disk_full_hdf5_on_create(case, monkeypatch):
     run_case(case, "--n-steps", "4", mention=[str(case.target), "disk full"])
 
 
+@pytest.mark.parametrize("name", ["GENE0.h5", "GENE0.npy"])
+def test_disk_full_found_before_writing(case, monkeypatch, name):
+    """An output that cannot fit is refused before any file is created (HDF5 does not survive ENOSPC)."""
+    import shutil as _shutil
+
+    usage = _shutil.disk_usage(case.out)
+    monkeypatch.setattr(_shutil, "disk_usage", lambda _p: usage._replace(free=1000))
+    created = []
+    real_file = h5py.File
+
+    def spy(*a, **kw):
+        created.append(a[0])
+        return real_file(*a, **kw)
+
+    monkeypatch.setattr(h5py, "File", spy)
+    msg = run_case(case, "--n-steps", "4", out=case.out / name, mention=[str(case.out / name), "disk full", "free"])
+    assert not [c for c in created if str(case.out) in str(c)], msg
+
+
 def test_disk_full_npy_on_open(case, monkeypatch):
     monkeypatch.setattr(np.lib.format, "open_memmap", _enospc)
     run_case(case, "--n-steps", "4", out=case.out / "GENE0.npy", mention=[str(case.out / "GENE0.npy"), "disk full"])
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no posix_fallocate")
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_disk_full_npy_is_found_before_the_memory_map_is_written(case, monkeypatch, code):
+    """A memory-mapped write to a full disk is a SIGBUS: the blocks must be reserved up front."""
+    def full(*_a, **_k):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    run_case(case, "--n-steps", "4", out=case.out / "GENE0.npy", mention=[str(case.out / "GENE0.npy"), "disk full"])
+
+
+def test_npy_output_on_a_file_system_without_fallocate(case, monkeypatch):
+    def unsupported(*_a, **_k):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    r = invoke(["run", case.ck, case.data, "--covariates", COVARIATES, "-o", case.out / "GENE0.npy", "--n-steps", "4",
+                "-q"])
+    assert r.exit_code == 0, r.stderr
+    assert leftovers(case.out) == ["GENE0.npy"] and np.load(case.out / "GENE0.npy").shape == (64, 7)
 
 
 def test_disk_full_npy_on_flush(case, monkeypatch):

@@ -126,7 +126,7 @@ def main() -> None:
         print(f"{labels[r['part']]:<34}{r['cells']:>7}{r['per_cell']:>12.3e}{1 / r['per_cell']:>11.1f}"
               f"{r['peak_rss_mib']:>14.0f}" + (f"{r['peak_gpu_mib']:>14.0f}" if args.device != "cpu" else ""))
     print(f"\nspeed-up fast vs captum reference, per cell: {by['captum']['per_cell'] / by['fast']['per_cell']:,.0f}x")
-    print(f"fast engine time / forward-only (whole module): {by['fast']['per_cell'] / by['forward']['per_cell']:.2f}x")
+    print(f"fast engine time / forward-only (whole module): {by['fast']['per_cell'] / by['forward']['per_cell']:.4f}x")
     print(f"fast engine time / forward-only (seq encoder once): "
           f"{by['fast']['per_cell'] / by['forward_shared']['per_cell']:.2f}x")
 

@@ -216,12 +216,12 @@ def _per_gene_mudata(data: GeneData):
     full = md.read_h5mu(store.path)
     if data.layout == "per-gene":
         return full
-    rna = full.mod["rna"][:, data.gene].copy()
-    rna.obsm["tf"] = full.mod["rna"][:, data.tfs].layers["counts"].copy()
-    atac = full.mod["atac"][:, data.peaks].copy()
+    rna = full.mod[data.rna_mod][:, data.gene].copy()
+    rna.obsm["tf"] = full.mod[data.rna_mod][:, data.tfs].layers["counts"].copy()
+    atac = full.mod[data.atac_mod][:, data.peaks].copy()
     if "peaks" in atac.uns:
         atac.uns["peaks"] = atac.uns["peaks"].loc[data.peaks].copy()
-    view = md.MuData({"rna": rna, "atac": atac})
+    view = md.MuData({data.rna_mod: rna, data.atac_mod: atac})
     view.obs = full.obs.copy()
     view.uns["tfs"] = list(data.tfs)
     p2g = full.uns["peak_to_gene"]

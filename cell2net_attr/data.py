@@ -54,6 +54,8 @@ class GeneData:
     _acc: tuple[str, np.ndarray | None, np.ndarray]
     _tf: tuple[str, np.ndarray | None, np.ndarray | None]
     _cov: np.ndarray = field(repr=False)
+    rna_mod: str = "rna"
+    atac_mod: str = "atac"
 
     @property
     def n_cells(self) -> int:
@@ -160,6 +162,8 @@ def load_gene_data(
         _acc=(acc_key, _row_map(store, atac_mod, obs_names), acc_cols),
         _tf=(tf_key, _row_map(store, rna_mod, obs_names), tf_cols),
         _cov=cov,
+        rna_mod=rna_mod,
+        atac_mod=atac_mod,
     )
 
 

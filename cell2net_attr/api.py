@@ -33,6 +33,7 @@ class AttributionModel:
     device: torch.device
     checkpoint: Checkpoint | None = None
     _mdata: Any = field(default=None, repr=False)
+    owns_store: bool = True
 
     @property
     def gene(self) -> str:
@@ -57,8 +58,9 @@ class AttributionModel:
         return self._mdata
 
     def close(self) -> None:
-        """Release the data file."""
-        self.data.close()
+        """Release the data file (unless the caller shares it across models)."""
+        if self.owns_store:
+            self.data.close()
 
 
 def load_model(
@@ -89,6 +91,7 @@ def load_model(
     ck = load_checkpoint(checkpoint, gene)
     cov = _covariate_list(covariates)
     store = open_store(data, locking=hdf5_locking)
+    owns_store = store is not data
     try:
         if ck.spec.n_covariates and not cov:
             from .data import numeric_obs_columns
@@ -99,10 +102,11 @@ def load_model(
                             f"(name them in the model's order)", "--covariates")
         gene_data = load_gene_data(store, ck.gene, ck.spec, cov, rna_mod, atac_mod)
     except BaseException:
-        store.close()
+        if owns_store:
+            store.close()
         raise
     dev = resolve_device(device)
-    return AttributionModel(ck.build_module().to(dev), gene_data, dev, ck)
+    return AttributionModel(ck.build_module().to(dev), gene_data, dev, ck, owns_store=owns_store)
 
 
 def as_model(model: Any) -> AttributionModel:

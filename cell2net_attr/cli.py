@@ -106,44 +106,64 @@ def _threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+# Options shared by `run` and `run-many` (defined once; each command lists the ones it takes).
+OPT = {
+    "covariates": typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'."),
+    "idx": typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin)."),
+    "idx_type": typer.Option("auto", help="How to read --idx tokens: auto, position or name."),
+    "n_steps": typer.Option(100, help="Integration steps."),
+    "method": typer.Option("gausslegendre", help="gausslegendre, riemann_left|right|middle|trapezoid, or exact."),
+    "multiply_by_inputs": typer.Option(True, "--multiply-by-inputs/--no-multiply-by-inputs",
+                                       help="Multiply integrated gradients by the input (global attribution)."),
+    "engine": typer.Option("fast", help="fast, or captum (the reference, as upstream runs it)."),
+    "module_mode": typer.Option("eval", help="eval (upstream 0.13), or train (stochastic; captum engine only)."),
+    "seed": typer.Option(None, help="Random seed for --module-mode train."),
+    "batch_size": typer.Option(None, help="Cells per batch [default: 256 fast, 4 captum]."),
+    "num_workers": typer.Option(1, help="Background threads reading batches ahead (0 = none)."),
+    "device": typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    "threads": typer.Option(None, help="Torch CPU threads [default: $SLURM_CPUS_PER_TASK if set]."),
+    "delta": typer.Option(False, "--delta", help="Also store the per-cell convergence delta (HDF5)."),
+    "overwrite": typer.Option(False, "--overwrite", help="Replace existing output."),
+    "rna_mod": typer.Option("rna", help="RNA modality name."),
+    "atac_mod": typer.Option("atac", help="ATAC modality name."),
+    "hdf5_locking": typer.Option(None, "--hdf5-locking/--no-hdf5-locking",
+                                 help="HDF5 file locking (turn off on network file systems)."),
+    "quiet": typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+}
+
+
 @app.command()
 def run(
     checkpoint: Path = typer.Argument(..., help="Cell2Net checkpoint GENE.pt."),
     data: Path = typer.Argument(..., help="Per-gene GENE.h5mu or the full multi-gene .h5mu."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .h5/.hdf5 or .npy [default: <gene>.tf_attr.h5]."),
     gene: Optional[str] = typer.Option(None, help="Gene name [default: checkpoint file stem]."),
-    covariates: Optional[str] = typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'."),
-    idx: Optional[str] = typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin)."),
-    idx_type: str = typer.Option("auto", help="How to read --idx tokens: auto, position or name."),
-    n_steps: int = typer.Option(100, help="Integration steps."),
-    method: str = typer.Option("gausslegendre", help="gausslegendre, riemann_left|right|middle|trapezoid, or exact."),
-    multiply_by_inputs: bool = typer.Option(True, "--multiply-by-inputs/--no-multiply-by-inputs",
-                                            help="Multiply integrated gradients by the input (global attribution)."),
-    engine: str = typer.Option("fast", help="fast, or captum (the reference, as upstream runs it)."),
-    module_mode: str = typer.Option("eval", help="eval (upstream 0.13), or train (stochastic; captum engine only)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed for --module-mode train."),
-    batch_size: Optional[int] = typer.Option(None, help="Cells per batch [default: 256 fast, 4 captum]."),
-    num_workers: int = typer.Option(1, help="Background threads reading batches ahead (0 = none)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    threads: Optional[int] = typer.Option(None, help="Torch CPU threads [default: $SLURM_CPUS_PER_TASK if set]."),
-    delta: bool = typer.Option(False, "--delta", help="Also store the per-cell convergence delta (HDF5)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
-    rna_mod: str = typer.Option("rna", help="RNA modality name."),
-    atac_mod: str = typer.Option("atac", help="ATAC modality name."),
-    hdf5_locking: Optional[bool] = typer.Option(None, "--hdf5-locking/--no-hdf5-locking",
-                                                help="HDF5 file locking (turn off on network file systems)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+    covariates: Optional[str] = OPT["covariates"],
+    idx: Optional[str] = OPT["idx"],
+    idx_type: str = OPT["idx_type"],
+    n_steps: int = OPT["n_steps"],
+    method: str = OPT["method"],
+    multiply_by_inputs: bool = OPT["multiply_by_inputs"],
+    engine: str = OPT["engine"],
+    module_mode: str = OPT["module_mode"],
+    seed: Optional[int] = OPT["seed"],
+    batch_size: Optional[int] = OPT["batch_size"],
+    num_workers: int = OPT["num_workers"],
+    device: str = OPT["device"],
+    threads: Optional[int] = OPT["threads"],
+    delta: bool = OPT["delta"],
+    overwrite: bool = OPT["overwrite"],
+    rna_mod: str = OPT["rna_mod"],
+    atac_mod: str = OPT["atac_mod"],
+    hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
+    quiet: bool = OPT["quiet"],
 ) -> None:
     """Compute TF attributions for one checkpoint and write them to --out."""
     from .runner import RunOptions, run_one
 
     with _reported():
         _threads(threads)
-        opts = RunOptions(out=out, gene=gene, covariates=covariates, idx=idx, idx_type=idx_type, n_steps=n_steps,
-                          method=method, multiply_by_inputs=multiply_by_inputs, engine=engine,
-                          module_mode=module_mode, seed=seed, batch_size=batch_size, num_workers=num_workers,
-                          device=device, delta=delta, overwrite=overwrite, rna_mod=rna_mod, atac_mod=atac_mod,
-                          hdf5_locking=hdf5_locking, quiet=quiet)
+        opts = RunOptions(**{k: v for k, v in locals().items() if k in RunOptions.__dataclass_fields__})
         t0 = time.monotonic()
         result = run_one(checkpoint, data, opts)
         if not quiet:
@@ -151,6 +171,57 @@ def run(
             _err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} TFs in {secs:.2f}s "
                  f"({result.n_cells / max(secs, 1e-9):.1f} cells/s, {result.engine} engine on {result.device}) "
                  f"-> {result.path}")
+
+
+@app.command("run-many")
+def run_many(
+    models: list[str] = typer.Argument(..., help="Checkpoint directories (*.pt), checkpoints, or @FILE lists."),
+    data: Path = typer.Argument(..., help="The full multi-gene .h5mu (read once for all genes)."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Directory for <gene>.h5 (or .npy) and run-report.tsv."),
+    fmt: str = typer.Option("h5", "--format", help="h5 or npy."),
+    covariates: Optional[str] = OPT["covariates"],
+    idx: Optional[str] = OPT["idx"],
+    idx_type: str = OPT["idx_type"],
+    n_steps: int = OPT["n_steps"],
+    method: str = OPT["method"],
+    multiply_by_inputs: bool = OPT["multiply_by_inputs"],
+    engine: str = OPT["engine"],
+    module_mode: str = OPT["module_mode"],
+    seed: Optional[int] = OPT["seed"],
+    batch_size: Optional[int] = OPT["batch_size"],
+    num_workers: int = OPT["num_workers"],
+    device: str = OPT["device"],
+    threads: Optional[int] = OPT["threads"],
+    delta: bool = OPT["delta"],
+    overwrite: bool = OPT["overwrite"],
+    rna_mod: str = OPT["rna_mod"],
+    atac_mod: str = OPT["atac_mod"],
+    hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
+    quiet: bool = OPT["quiet"],
+) -> None:
+    """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
+    from .multigene import REPORT, collect_checkpoints
+    from .multigene import run_many as run_genes
+    from .runner import RunOptions
+
+    with _reported():
+        _threads(threads)
+        opts = RunOptions(**{k: v for k, v in locals().items() if k in RunOptions.__dataclass_fields__})
+        checkpoints = collect_checkpoints(models)
+
+        def report(i: int, n: int, o) -> None:
+            if not quiet or o.status == "failed":
+                detail = f": {o.error}" if o.error else f" -> {o.output}" if o.status == "done" else ""
+                _err(f"[{i + 1}/{n}] {o.gene} {o.status}{detail}")
+
+        outcomes = run_genes(checkpoints, data, out_dir, fmt, opts, report)
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+        if not quiet or counts["failed"]:
+            _err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped, "
+                 f"{counts['failed']} failed; report: {out_dir / REPORT}")
+        if counts["failed"]:
+            internal = any(o.error.startswith("internal error") for o in outcomes)
+            raise typer.Exit(EXIT_INTERNAL if internal else EXIT_USER)
 
 
 @app.command()

@@ -84,7 +84,9 @@ class GeneData:
 
 
 def open_store(data: str | Path | object, locking: bool | None = None) -> Store:
-    """A store over an ``.h5mu`` path or an in-memory MuData."""
+    """A store over an ``.h5mu`` path or an in-memory MuData (an open store is returned as is)."""
+    if isinstance(data, (H5Store, MemoryStore)):
+        return data
     if isinstance(data, (str, Path)):
         return H5Store(data, locking=locking)
     if hasattr(data, "mod") and hasattr(data, "obs"):
@@ -206,7 +208,7 @@ def _gene_tfs(store: Store, gene: str, rna_mod: str) -> list[str]:
     table = store.read(key)
     if not isinstance(table, pd.DataFrame):
         raise UserError(f"{rna_mod}.uns['gene_tf'] is not a table", store.source)
-    table.index = table.index.astype(str)
+    table.index = table.index.astype(str)  # idempotent, so the store's memoised table stays valid
     if gene not in table.index:
         raise UserError(f"gene '{gene}' is not a row of {rna_mod}.uns['gene_tf']{_suggest(gene, table.index)}",
                         store.source)
@@ -249,7 +251,7 @@ def _sequences(store: Store, peaks: list[str], atac_mod: str) -> list[str]:
     if store.has(key):
         table = store.read(key)
         if isinstance(table, pd.DataFrame) and "sequence" in table.columns:
-            table.index = table.index.astype(str)
+            table.index = table.index.astype(str)  # idempotent (memoised table)
             absent = [p for p in peaks if p not in table.index]
             if absent:
                 raise UserError(f"peak(s) {absent[:5]} have no row in {atac_mod}.uns['peaks']", store.source)

@@ -14,6 +14,7 @@ from .engine import ENGINES, IGParams
 from .errors import UserError
 from .progress import Progress, make_progress
 from .selection import read_tokens, resolve_tokens
+from .store import Store
 from .writers import check_output, open_writer
 
 DEFAULT_BATCH = {"fast": 256, "captum": 4}
@@ -62,8 +63,12 @@ class RunResult:
     device: str
 
 
-def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress | None = None) -> RunResult:
-    """Validate flags, inputs and output, then compute and write atomically."""
+def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress | None = None,
+            store: Store | None = None, data_sha256: str | None = None) -> RunResult:
+    """Validate flags, inputs and output, then compute and write atomically.
+
+    ``store`` and ``data_sha256`` let a multi-gene run open and hash ``data`` once.
+    """
     params = opts.params()
     if opts.engine not in ENGINES:
         raise UserError(f"unknown engine '{opts.engine}', choose from {', '.join(ENGINES)}", "--engine")
@@ -78,7 +83,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
         raise UserError("--delta is stored only in HDF5 output (.h5/.hdf5)", out)
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
 
-    model = load_model(checkpoint, data, gene, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod,
+    model = load_model(checkpoint, store if store is not None else data, gene, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod,
                        opts.hdf5_locking)
     try:
         obs = model.data.obs_names
@@ -90,7 +95,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
             "seed": -1 if params.seed is None else params.seed, "tool": "cell2net-attr",
             "tool_version": __version__, "checkpoint": str(checkpoint), "data": str(data),
             "checkpoint_sha256": model.checkpoint.sha256 if model.checkpoint else "",
-            "data_sha256": file_sha256(data), "covariates": ",".join(model.covariates),
+            "data_sha256": data_sha256 or file_sha256(data), "covariates": ",".join(model.covariates),
             "data_layout": model.data.layout,
         }
         writer = open_writer(out, [str(o) for o in obs[rows]], model.tfs, meta, params.return_delta,

@@ -39,6 +39,7 @@ class H5Store:
     def __init__(self, path: str | Path, locking: bool | None = None) -> None:
         self.path = Path(path)
         self.source = str(path)
+        self._cache: dict = {}
         if not self.path.exists():
             raise UserError("data file not found", path)
         if self.path.is_dir():
@@ -63,13 +64,19 @@ class H5Store:
             return False
 
     def read(self, key: str) -> Any:
-        """Read a small element whole (DataFrame, array, string list)."""
+        """Read a small element whole (DataFrame, array, string list); memoised, as the same
+        tables (``peak_to_gene``, ``gene_tf``) serve every gene of a run."""
         from anndata.io import read_elem
 
-        return self._guard(key, lambda: read_elem(self._file[key]))
+        if key not in self._cache:
+            self._cache[key] = self._guard(key, lambda: read_elem(self._file[key]))
+        return self._cache[key]
 
     def index(self, key: str) -> pd.Index:
-        """The index of a dataframe element (``obs``, ``mod/rna/var``...)."""
+        """The index of a dataframe element (``obs``, ``mod/rna/var``...), memoised."""
+        if ("index", key) in self._cache:
+            return self._cache[("index", key)]
+
         def _read() -> pd.Index:
             from anndata.io import read_elem
 
@@ -77,7 +84,8 @@ class H5Store:
             name = group.attrs["_index"]
             return pd.Index(np.asarray(read_elem(group[name])).astype(str))
 
-        return self._guard(key, _read)
+        self._cache[("index", key)] = self._guard(key, _read)
+        return self._cache[("index", key)]
 
     def column(self, key: str, name: str) -> Any:
         """One column of a dataframe element, as a pandas Series-like array."""

@@ -129,6 +129,8 @@ OPT = {
     "hdf5_locking": typer.Option(None, "--hdf5-locking/--no-hdf5-locking",
                                  help="HDF5 file locking (turn off on network file systems)."),
     "quiet": typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+    "shard": typer.Option(None, help="K/N: compute contiguous part K (0-based) of N "
+                                     "[default: from SLURM_ARRAY_TASK_* in a job array]."),
 }
 
 
@@ -157,15 +159,17 @@ def run(
     atac_mod: str = OPT["atac_mod"],
     hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
     quiet: bool = OPT["quiet"],
+    shard: Optional[str] = OPT["shard"],
 ) -> None:
     """Compute TF attributions for one checkpoint and write them to --out."""
     from .runner import RunOptions, run_one
+    from .sharding import resolve_shard
 
     with _reported():
         _threads(threads)
         opts = RunOptions(**{k: v for k, v in locals().items() if k in RunOptions.__dataclass_fields__})
         t0 = time.monotonic()
-        result = run_one(checkpoint, data, opts)
+        result = run_one(checkpoint, data, opts, shard=resolve_shard(shard))
         if not quiet:
             secs = time.monotonic() - t0
             _err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} TFs in {secs:.2f}s "
@@ -198,11 +202,13 @@ def run_many(
     atac_mod: str = OPT["atac_mod"],
     hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
     quiet: bool = OPT["quiet"],
+    shard: Optional[str] = OPT["shard"],
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
-    from .multigene import REPORT, collect_checkpoints
+    from .multigene import collect_checkpoints
     from .multigene import run_many as run_genes
     from .runner import RunOptions
+    from .sharding import resolve_shard
 
     with _reported():
         _threads(threads)
@@ -214,14 +220,30 @@ def run_many(
                 detail = f": {o.error}" if o.error else f" -> {o.output}" if o.status == "done" else ""
                 _err(f"[{i + 1}/{n}] {o.gene} {o.status}{detail}")
 
-        outcomes = run_genes(checkpoints, data, out_dir, fmt, opts, report)
+        outcomes = run_genes(checkpoints, data, out_dir, fmt, opts, report, resolve_shard(shard))
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
         if not quiet or counts["failed"]:
             _err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped, "
-                 f"{counts['failed']} failed; report: {out_dir / REPORT}")
+                 f"{counts['failed']} failed; report in {out_dir}")
         if counts["failed"]:
             internal = any(o.error.startswith("internal error") for o in outcomes)
             raise typer.Exit(EXIT_INTERNAL if internal else EXIT_USER)
+
+
+@app.command()
+def merge(
+    shards: list[Path] = typer.Argument(..., help="HDF5 shard outputs of one run (any order)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged .h5 output."),
+    overwrite: bool = OPT["overwrite"],
+    quiet: bool = OPT["quiet"],
+) -> None:
+    """Join shard outputs after checking all are present, complete and from the same run."""
+    from .merge import merge as merge_shards
+
+    with _reported():
+        n = merge_shards(shards, out, overwrite)
+        if not quiet:
+            _err(f"merged {len(shards)} shards, {n} cells -> {out}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pathlib import Path
 from .checkpoint import file_sha256
 from .errors import UserError
 from .runner import RunOptions, run_one
+from .sharding import Shard
 from .store import H5Store
 
 REPORT = "run-report.tsv"
@@ -68,11 +69,18 @@ def run_many(
     fmt: str,
     opts: RunOptions,
     on_gene: Callable[[int, int, GeneOutcome], None] | None = None,
+    shard: Shard | None = None,
 ) -> list[GeneOutcome]:
     """Attribute every checkpoint against ``data`` into ``out_dir/<gene>.<fmt>``.
 
-    Returns one outcome per gene; ``run-report.tsv`` is written even when interrupted.
+    With a ``shard``, only that contiguous part of the genes is run and the report is
+    ``run-report-0000K-of-0000N.tsv``. Returns one outcome per gene; the report is written
+    even when interrupted.
     """
+    report = out_dir / REPORT
+    if shard is not None and shard.count > 1:
+        start, stop = shard.bounds(len(checkpoints))
+        checkpoints, report = checkpoints[start:stop], shard.path(report)
     if fmt not in FORMATS:
         raise UserError(f"unknown format '{fmt}', choose from {', '.join(FORMATS)}", "--format")
     opts.params()  # flag errors before any file is touched
@@ -91,7 +99,7 @@ def run_many(
                 on_gene(i, len(checkpoints), outcome)
     finally:
         store.close()
-        write_report(out_dir / REPORT, outcomes)
+        write_report(report, outcomes)
     return outcomes
 
 

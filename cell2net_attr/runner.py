@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import hashlib
+
 import numpy as np
 
 from . import __version__
@@ -14,6 +16,7 @@ from .engine import ENGINES, IGParams
 from .errors import UserError
 from .progress import Progress, make_progress
 from .selection import read_tokens, resolve_tokens
+from .sharding import Shard
 from .store import Store
 from .writers import check_output, open_writer
 
@@ -64,10 +67,12 @@ class RunResult:
 
 
 def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress | None = None,
-            store: Store | None = None, data_sha256: str | None = None) -> RunResult:
+            store: Store | None = None, data_sha256: str | None = None, shard: Shard | None = None) -> RunResult:
     """Validate flags, inputs and output, then compute and write atomically.
 
-    ``store`` and ``data_sha256`` let a multi-gene run open and hash ``data`` once.
+    ``store`` and ``data_sha256`` let a multi-gene run open and hash ``data`` once. With a
+    ``shard``, only that contiguous part of the selected cells is computed, into
+    ``<stem>-0000K-of-0000N<suffix>``.
     """
     params = opts.params()
     if opts.engine not in ENGINES:
@@ -78,6 +83,9 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     checkpoint, data = Path(checkpoint), Path(data)
     gene = opts.gene or checkpoint.stem
     out = Path(opts.out) if opts.out else Path(f"{gene}.tf_attr.h5")
+    shard = shard or Shard(0, 1)
+    if shard.count > 1:
+        out = shard.path(out)
     check_output(out, opts.overwrite, [checkpoint, data])
     if opts.delta and out.suffix.lower() == ".npy":
         raise UserError("--delta is stored only in HDF5 output (.h5/.hdf5)", out)
@@ -87,7 +95,9 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
                        opts.hdf5_locking)
     try:
         obs = model.data.obs_names
-        rows = resolve_tokens(tokens, obs, opts.idx_type) if tokens is not None else np.arange(len(obs))
+        selected = resolve_tokens(tokens, obs, opts.idx_type) if tokens is not None else np.arange(len(obs))
+        start, stop = shard.bounds(len(selected))
+        rows = selected[start:stop]
         meta = {
             "gene": model.gene, "n_steps": params.n_steps, "method": params.method,
             "multiply_by_inputs": params.multiply_by_inputs, "baseline": "zero", "engine": opts.engine,
@@ -97,6 +107,9 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
             "checkpoint_sha256": model.checkpoint.sha256 if model.checkpoint else "",
             "data_sha256": data_sha256 or file_sha256(data), "covariates": ",".join(model.covariates),
             "data_layout": model.data.layout,
+            # what `merge` checks: where these rows sit in the whole selection, and which selection
+            "shard_index": shard.index, "shard_count": shard.count, "row_start": start,
+            "n_rows_total": len(selected), "selection_sha256": selection_digest(obs[selected]),
         }
         writer = open_writer(out, [str(o) for o in obs[rows]], model.tfs, meta, params.return_delta,
                              opts.hdf5_locking)
@@ -110,3 +123,11 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     finally:
         model.close()
     return RunResult(model.gene, out, len(rows), len(model.tfs), opts.engine, str(model.device))
+
+
+def selection_digest(names) -> str:
+    """sha256 of the selected obs names in order: shards of one run share it."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(str(name).encode() + b"\n")
+    return h.hexdigest()

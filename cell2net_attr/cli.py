@@ -21,7 +21,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_USER, UserError
+from .errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Integrated-Gradients TF attributions for Cell2Net models.")
@@ -60,12 +60,12 @@ def _reported() -> Iterator[None]:
             raise
         _err(f"error: {exc}")
         raise typer.Exit(EXIT_USER) from None
-    except KeyboardInterrupt:
-        _err("interrupted; no output was written")
-        raise typer.Exit(130) from None
-    except Terminated:
-        _err("terminated (SIGTERM); no output was written")
-        raise typer.Exit(143) from None
+    except (KeyboardInterrupt, Terminated) as exc:
+        sigterm = isinstance(exc, Terminated)
+        hint = getattr(exc, "resume_hint", None)
+        _err(f"{'terminated (SIGTERM)' if sigterm else 'interrupted'}; nothing was written at the output path"
+             + (f"; {hint}" if hint else ""))
+        raise typer.Exit(143 if sigterm else 130) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -78,10 +78,6 @@ def _reported() -> Iterator[None]:
         warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(BaseException):
-    """SIGTERM (scancel, preemption): unwinds like Ctrl-C so that partial outputs are removed."""
 
 
 def _on_sigterm():
@@ -129,6 +125,7 @@ OPT = {
     "hdf5_locking": typer.Option(None, "--hdf5-locking/--no-hdf5-locking",
                                  help="HDF5 file locking (turn off on network file systems)."),
     "quiet": typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
+    "resume": typer.Option(False, "--resume", help="Continue an interrupted run from its last saved chunk."),
     "shard": typer.Option(None, help="K/N: compute contiguous part K (0-based) of N "
                                      "[default: from SLURM_ARRAY_TASK_* in a job array]."),
 }
@@ -159,6 +156,7 @@ def run(
     atac_mod: str = OPT["atac_mod"],
     hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
     quiet: bool = OPT["quiet"],
+    resume: bool = OPT["resume"],
     shard: Optional[str] = OPT["shard"],
 ) -> None:
     """Compute TF attributions for one checkpoint and write them to --out."""
@@ -202,6 +200,7 @@ def run_many(
     atac_mod: str = OPT["atac_mod"],
     hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
     quiet: bool = OPT["quiet"],
+    resume: bool = OPT["resume"],
     shard: Optional[str] = OPT["shard"],
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
@@ -273,3 +272,4 @@ def inspect(
 def main() -> None:
     """Console-script entry point."""
     app()
+from . import cli_downstream  # noqa: E402,F401  (registers summarize, activity, plot)

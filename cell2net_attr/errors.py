@@ -32,3 +32,8 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return f"{self.source}: {self.message}" if self.source else self.message
+
+
+class Terminated(BaseException):
+    """SIGTERM (scancel, preemption, a time limit): unwinds like Ctrl-C so that work in progress
+    is saved for ``--resume`` and nothing partial reaches the final path."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hashlib
+import warnings
 
 import numpy as np
 
@@ -13,7 +14,8 @@ from . import __version__
 from .api import load_model, run_cells
 from .checkpoint import file_sha256
 from .engine import ENGINES, IGParams
-from .errors import UserError
+from .errors import Terminated, UserError
+from .partial import PartialRun
 from .progress import Progress, make_progress
 from .selection import read_tokens, resolve_tokens
 from .sharding import Shard
@@ -47,6 +49,7 @@ class RunOptions:
     atac_mod: str = "atac"
     hdf5_locking: bool | None = None
     quiet: bool = False
+    resume: bool = False
 
     def params(self) -> IGParams:
         """The attribution parameters, validated."""
@@ -91,8 +94,8 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
         raise UserError("--delta is stored only in HDF5 output (.h5/.hdf5)", out)
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
 
-    model = load_model(checkpoint, store if store is not None else data, gene, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod,
-                       opts.hdf5_locking)
+    model = load_model(checkpoint, store if store is not None else data, gene, opts.covariates, opts.device,
+                       opts.rna_mod, opts.atac_mod, opts.hdf5_locking)
     try:
         obs = model.data.obs_names
         selected = resolve_tokens(tokens, obs, opts.idx_type) if tokens is not None else np.arange(len(obs))
@@ -111,15 +114,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
             "shard_index": shard.index, "shard_count": shard.count, "row_start": start,
             "n_rows_total": len(selected), "selection_sha256": selection_digest(obs[selected]),
         }
-        writer = open_writer(out, [str(o) for o in obs[rows]], model.tfs, meta, params.return_delta,
-                             opts.hdf5_locking)
-        try:
-            run_cells(model, rows, params, opts.engine, batch_size, opts.num_workers, writer.write,
-                      progress or make_progress(opts.quiet))
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        _compute_resumable(model, rows, out, meta, params, opts, batch_size, progress)
     finally:
         model.close()
     return RunResult(model.gene, out, len(rows), len(model.tfs), opts.engine, str(model.device))
@@ -131,3 +126,36 @@ def selection_digest(names) -> str:
     for name in names:
         h.update(str(name).encode() + b"\n")
     return h.hexdigest()
+
+
+def _compute_resumable(model, rows: np.ndarray, out: Path, meta: dict, params: IGParams, opts: RunOptions,
+                       batch_size: int, progress: Progress | None) -> None:
+    """Compute into resumable chunks, then assemble the output and rename it into place.
+
+    Interrupted (SIGINT/SIGTERM): finished batches are saved and the exception carries a
+    ``resume_hint``. Failed otherwise: the chunks are removed.
+    """
+    partial = PartialRun(out, meta, opts.resume, lambda msg: warnings.warn(msg, stacklevel=2))
+    done = partial.rows_done
+    try:
+        run_cells(model, rows[done:], params, opts.engine, batch_size, opts.num_workers,
+                  lambda s, a, d: partial.add(done + s, a, d), progress or make_progress(opts.quiet))
+        partial.flush()
+        writer = open_writer(out, [str(o) for o in model.data.obs_names[rows]], model.tfs, meta,
+                             params.return_delta, opts.hdf5_locking)
+        try:
+            for start, attr, delta in partial.chunks():
+                writer.write(start, attr, delta)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    except (KeyboardInterrupt, Terminated) as exc:
+        partial.flush()
+        exc.resume_hint = (f"{partial.rows_done}/{len(rows)} cells saved in {partial.dir}; "  # type: ignore[attr-defined]
+                           f"rerun the same command with --resume to continue")
+        raise
+    except BaseException:
+        partial.discard()
+        raise
+    partial.discard()

@@ -84,7 +84,7 @@ class _TempFileWriter:
             self.abort()
             if not _is_io_failure(exc):
                 raise
-            raise _os_error(exc, self.path) from None
+            raise os_error(exc, self.path) from None
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
@@ -105,7 +105,7 @@ class NpyWriter(_TempFileWriter):
             _reserve(self.tmp)
         except OSError as exc:
             self.abort()
-            raise _os_error(exc, path) from None
+            raise os_error(exc, path) from None
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows."""
@@ -156,7 +156,7 @@ class H5Writer(_TempFileWriter):
             self.abort()
             if not _is_io_failure(exc):
                 raise
-            raise _os_error(exc, path) from None
+            raise os_error(exc, path) from None
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows (and their deltas)."""
@@ -167,7 +167,7 @@ class H5Writer(_TempFileWriter):
         except (OSError, RuntimeError) as exc:
             if not _is_io_failure(exc):
                 raise
-            raise _os_error(exc, self.path) from None
+            raise os_error(exc, self.path) from None
 
     def _close(self) -> None:
         if getattr(self, "_f", None) is not None:
@@ -214,7 +214,8 @@ def _is_io_failure(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or "write failed" in str(exc) or "No space" in str(exc)
 
 
-def _os_error(exc: BaseException, path: Path) -> UserError:
+def os_error(exc: BaseException, path: Path) -> UserError:
+    """The user-facing error for a failed write (disk full named as such)."""
     code, text = getattr(exc, "errno", None), str(exc)
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space" in text or "errno = 28," in text:
         return UserError("disk full while writing the output; nothing was left at the final path", path)

@@ -945,6 +945,14 @@ def test_disk_full_on_rename(case, monkeypatch):
 # ------------------------------------------------------------------------ interruptions and internal errors
 
 
+def assert_only_resumable(case, err: str) -> None:
+    """After an interrupt: nothing at the final path; only the hidden partial kept for --resume."""
+    partial = f".{case.target.name}.partial"
+    assert not case.target.exists()
+    assert all(name == partial or name.startswith(partial + "/") for name in leftovers(case.out)), leftovers(case.out)
+    assert "--resume" in err
+
+
 def test_keyboard_interrupt_mid_run_leaves_nothing(case, monkeypatch):
     real_write = h5py.Dataset.__setitem__
     calls = []
@@ -956,16 +964,23 @@ def test_keyboard_interrupt_mid_run_leaves_nothing(case, monkeypatch):
         return real_write(self, key, value)
 
     monkeypatch.setattr(h5py.Dataset, "__setitem__", write)
+    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "8")  # several chunks, so several writes
     before = sha256_tree(case.inp)
     result = invoke(["run", case.ck, case.data, "--covariates", COVARIATES, "-o", case.target, "--batch-size", "8",
                      "--n-steps", "4"])
     assert result.exit_code == 130, result.stderr
     assert "interrupted" in result.stderr and "Traceback" not in result.stderr
-    assert leftovers(case.out) == [] and sha256_tree(case.inp) == before
+    assert_only_resumable(case, result.stderr)
+    assert sha256_tree(case.inp) == before
+    monkeypatch.undo()
+    resumed = invoke(["run", case.ck, case.data, "--covariates", COVARIATES, "-o", case.target, "--batch-size", "8",
+                      "--n-steps", "4", "--resume"])
+    assert resumed.exit_code == 0 and leftovers(case.out) == [case.target.name]
 
 
 def test_sigint_real_process_leaves_nothing(case):
-    """SIGINT a real run while it writes: exit 130, no output, no temporary, inputs unchanged."""
+    """SIGINT a real run while it writes: exit 130, nothing at the output path, only the hidden
+    resumable partial beside it, inputs unchanged."""
     slow = ("import sys, time, cell2net_attr.writers as w\n"
             "orig = w.H5Writer.write\n"
             "def write(self, *a):\n"
@@ -995,7 +1010,8 @@ def test_sigint_real_process_leaves_nothing(case):
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
-    assert leftovers(case.out) == [] and sha256_tree(case.inp) == before
+    assert_only_resumable(case, err)
+    assert sha256_tree(case.inp) == before
 
 
 def test_internal_error_is_exit_1_and_leaves_nothing(case, monkeypatch):

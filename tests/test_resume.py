@@ -1,0 +1,108 @@
+"""Interrupted runs (SIGTERM, SIGINT, SIGKILL) resume with --resume to the uninterrupted result."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cell2net_attr.cli import app
+
+from .conftest import COVARIATES, sha256_tree
+
+
+def _cmd(ck, data, out, *extra):
+    return [sys.executable, "-m", "cell2net_attr", "run", str(ck), str(data), "--covariates", COVARIATES,
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def slow_run(demo_atlas, tmp_path_factory):
+    """A run slow enough to interrupt (captum engine, one cell per batch) and its uninterrupted result."""
+    data, checkpoints = demo_atlas
+    ck = checkpoints[0]
+    ref = tmp_path_factory.mktemp("ref") / "ref.h5"
+    args = ("--engine", "captum", "--batch-size", "1", "--n-steps", "24", "--delta", "-q")
+    subprocess.run(_cmd(ck, data, ref, *args), check=True)
+    return ck, data, args, ref
+
+
+def _interrupt(cmd, partial, sig, min_chunks=1):
+    """Start ``cmd``, wait until it has saved ``min_chunks`` chunk files, send ``sig``."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if partial.is_dir() and len(list(partial.glob("chunk-*.npz"))) >= min_chunks:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=90)
+    return proc.returncode, err
+
+
+def _same(a, b):
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        x, y = fa["attributions"][:], fb["attributions"][:]
+        assert list(fa["obs_names"][:]) == list(fb["obs_names"][:])
+        assert np.abs(x - y).max() <= 1e-6 * np.abs(y).max()
+        assert np.abs(fa["convergence_delta"][:] - fb["convergence_delta"][:]).max() <= 1e-6
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)])
+def test_interrupt_then_resume_equals_uninterrupted(slow_run, tmp_path, monkeypatch, sig, code):
+    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")  # save often, so there is something to resume
+    ck, data, args, ref = slow_run
+    before = sha256_tree(data, ck)
+    out = tmp_path / "a.h5"
+    partial = tmp_path / ".a.h5.partial"
+    rc, err = _interrupt(_cmd(ck, data, out, *args), partial, sig)
+    assert rc == code, err
+    assert not out.exists() and "Traceback" not in err
+    if sig != signal.SIGKILL:
+        assert "--resume" in err and "cells saved" in err
+    saved = sorted(p.name for p in partial.glob("chunk-*.npz"))
+    assert saved and saved[0].startswith("chunk-000000000000-")
+    r = subprocess.run(_cmd(ck, data, out, *args, "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    _same(out, ref)
+    assert not partial.exists()
+    assert sha256_tree(data, ck) == before
+
+
+def test_rerun_without_resume_starts_over(slow_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
+    ck, data, args, ref = slow_run
+    out = tmp_path / "a.h5"
+    rc, _ = _interrupt(_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
+    assert rc == 143
+    r = subprocess.run(_cmd(ck, data, out, *args), capture_output=True, text=True)
+    assert r.returncode == 0 and "discarding the partial output" in r.stderr
+    _same(out, ref)
+
+
+def test_resume_refuses_a_partial_of_another_run(slow_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
+    ck, data, args, _ = slow_run
+    out = tmp_path / "a.h5"
+    rc, _ = _interrupt(_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
+    assert rc == 143
+    other = [a if a != "24" else "25" for a in args]
+    r = CliRunner().invoke(app, ["run", str(ck), str(data), "--covariates", COVARIATES, "--out", str(out),
+                                 *other, "--resume"])
+    assert r.exit_code == 2 and "different run" in r.stderr and "n_steps" in r.stderr
+    assert (tmp_path / ".a.h5.partial").is_dir()  # nothing of the earlier run was destroyed
+
+
+def test_resume_with_nothing_to_resume(demo_atlas, tmp_path):
+    data, checkpoints = demo_atlas
+    r = CliRunner().invoke(app, ["run", str(checkpoints[2]), str(data), "--covariates", COVARIATES,
+                                 "--out", str(tmp_path / "a.npy"), "--resume"])
+    assert r.exit_code == 0 and "nothing to resume" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]

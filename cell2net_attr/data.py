@@ -78,6 +78,13 @@ class GeneData:
         _check_finite(batch, self, rows)
         return batch
 
+    def obs_table(self, rows: np.ndarray) -> pd.DataFrame:
+        """The global ``obs`` of ``rows`` (for AnnData output)."""
+        table = self.store.read("obs")
+        if not isinstance(table, pd.DataFrame):
+            raise UserError("obs is not a table", self.source)
+        return table.iloc[np.asarray(rows)].copy()
+
     def close(self) -> None:
         """Release the underlying file."""
         self.store.close()

@@ -91,7 +91,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
         out = shard.path(out)
     check_output(out, opts.overwrite, [checkpoint, data])
     if opts.delta and out.suffix.lower() == ".npy":
-        raise UserError("--delta is stored only in HDF5 output (.h5/.hdf5)", out)
+        raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", out)
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
 
     model = load_model(checkpoint, store if store is not None else data, gene, opts.covariates, opts.device,
@@ -142,7 +142,7 @@ def _compute_resumable(model, rows: np.ndarray, out: Path, meta: dict, params: I
                   lambda s, a, d: partial.add(done + s, a, d), progress or make_progress(opts.quiet))
         partial.flush()
         writer = open_writer(out, [str(o) for o in model.data.obs_names[rows]], model.tfs, meta,
-                             params.return_delta, opts.hdf5_locking)
+                             params.return_delta, opts.hdf5_locking, lambda: model.data.obs_table(rows))
         try:
             for start, attr, delta in partial.chunks():
                 writer.write(start, attr, delta)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from .errors import UserError
 
-FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5"}
+FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
 
 
 class Writer(Protocol):
@@ -175,13 +177,84 @@ class H5Writer(_TempFileWriter):
             self._f = None
 
 
+class H5adWriter(_TempFileWriter):
+    """AnnData ``.h5ad``: ``X`` cells x TFs (filled block by block), ``obs`` of the selected cells,
+    ``var`` indexed by TF names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
+    the convergence delta, when asked, is ``obs["convergence_delta"]``."""
+
+    def __init__(self, path: Path, obs: pd.DataFrame, tf_names: list[str], meta: dict, with_delta: bool,
+                 locking: bool | None = None) -> None:
+        from anndata.io import write_elem
+
+        super().__init__(path)
+        n, t = len(obs), len(tf_names)
+        self._obs = obs
+        self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
+        try:
+            self._f = h5py.File(self.tmp, "w", locking=locking)
+            self._f.attrs["encoding-type"], self._f.attrs["encoding-version"] = "anndata", "0.1.0"
+            self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
+            self._x.attrs["encoding-type"], self._x.attrs["encoding-version"] = "array", "0.2.0"
+            write_elem(self._f, "var", pd.DataFrame(index=pd.Index(tf_names, name="tf")))
+            write_elem(self._f, "uns", {"cell2net_attr": {k: _plain(v) for k, v in meta.items()}})
+            for key in ("obsm", "varm", "obsp", "varp", "layers"):
+                write_elem(self._f, key, {})
+        except (OSError, RuntimeError) as exc:
+            self.abort()
+            if not _is_io_failure(exc):
+                raise
+            raise os_error(exc, path) from None
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Store a block of rows."""
+        try:
+            self._x[start : start + len(attr)] = attr
+        except (OSError, RuntimeError) as exc:
+            if not _is_io_failure(exc):
+                raise
+            raise os_error(exc, self.path) from None
+        if self._delta is not None and delta is not None:
+            self._delta[start : start + len(delta)] = delta
+
+    def _close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            if self._obs is not None:  # obs last: it carries the deltas, known only at the end
+                from anndata.io import write_elem
+
+                obs = self._obs.copy()
+                if self._delta is not None:
+                    obs["convergence_delta"] = self._delta
+                write_elem(self._f, "obs", obs)
+                self._obs = None
+            self._f.close()
+            self._f = None
+
+    def abort(self) -> None:
+        """Delete the temporary file without writing obs."""
+        self._obs = None
+        super().abort()
+
+
+def _plain(value):
+    """HDF5-attribute values as plain Python types for ``uns``."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def open_writer(path: Path, obs_names: list[str], tf_names: list[str], meta: dict, with_delta: bool,
-                locking: bool | None = None) -> Writer:
-    """A writer for ``path``'s format (already validated by :func:`check_output`)."""
+                locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
+    """A writer for ``path``'s format (already validated by :func:`check_output`).
+
+    ``obs_table`` supplies the selected cells' obs for AnnData output.
+    """
     n, t = len(obs_names), len(tf_names)
     if output_format(path) == "npy":
         _check_space(path, n * t * 4 + 4096)
         return NpyWriter(path, n, t)
+    if output_format(path) == "h5ad":
+        obs = obs_table() if obs_table is not None else pd.DataFrame(index=pd.Index(obs_names))
+        obs.index = pd.Index([str(o) for o in obs_names])
+        _check_space(path, n * t * 4 + n * (8 * obs.shape[1] + 48) + (64 << 10))
+        return H5adWriter(path, obs, tf_names, meta, with_delta, locking)
     chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
     rows = -(-n // chunk) * chunk
     names = sum(len(str(s).encode()) + 16 for s in (*obs_names, *tf_names))

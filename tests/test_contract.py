@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -126,3 +128,33 @@ def test_h5_output_layout(upstream, tmp_path):
         assert attrs["data_sha256"] == file_sha256(upstream / "full.h5mu")
         delta = f["convergence_delta"][:]
         assert delta.shape == (2,) and np.all(np.abs(delta) < 0.05)  # gauss-legendre, 100 steps
+
+
+def test_anndata_output(upstream, tmp_path):
+    """run --out X.h5ad: cells x TFs with the selected cells' obs, TF var names, provenance in uns."""
+    import anndata as ad
+
+    from .conftest import sha256_tree
+
+    before = sha256_tree(upstream)
+    out = tmp_path / "g.h5ad"
+    ref = next(r for r in json.loads((upstream / "ref" / "manifest.json").read_text())["models"]["GENE0"]["refs"]
+               if r["file"] == "GENE0.names.s100.mbi.npy")
+    r = CliRunner().invoke(app, ["run", str(upstream / "models" / "GENE0.pt"), str(upstream / "full.h5mu"),
+                                 "--covariates", COVARIATES, "--idx", ",".join(ref["idx"]), "--out", str(out),
+                                 "--delta", "-q"])
+    assert r.exit_code == 0, r.output
+    adata = ad.read_h5ad(out)
+    _assert_close(np.asarray(adata.X), np.load(upstream / "ref" / ref["file"]))
+    assert list(adata.obs_names) == ref["idx"]
+    assert list(adata.var_names) == ["TF0", "TF2", "TF3", "TF4", "TF6", "TF7", "TF8"]
+    import mudata as md
+
+    obs = md.read_h5mu(upstream / "full.h5mu").obs.loc[ref["idx"], ["cov0", "cov1", "celltype"]]
+    assert np.array_equal(adata.obs[["cov0", "cov1"]].to_numpy(), obs[["cov0", "cov1"]].to_numpy())
+    assert list(adata.obs["celltype"].astype(str)) == list(obs["celltype"].astype(str))
+    assert np.all(np.abs(adata.obs["convergence_delta"]) < 0.05)
+    prov = adata.uns["cell2net_attr"]
+    assert prov["gene"] == "GENE0" and prov["n_steps"] == 100 and prov["engine"] == "fast"
+    assert len(prov["checkpoint_sha256"]) == 64 and len(prov["data_sha256"]) == 64
+    assert sha256_tree(upstream) == before  # nothing written into the user's .h5mu

@@ -302,10 +302,14 @@ def _covariate_matrix(store: Store, names: list[str], n_cells: int) -> np.ndarra
 
 
 def _row_map(store: Store, mod: str, obs_names: pd.Index) -> np.ndarray | None:
-    """Rows of a modality for each global cell; ``None`` when they are the same order."""
-    mod_names = store.index(f"mod/{mod}/obs")
-    if mod_names.equals(obs_names):
+    """Rows of a modality for each global cell; ``None`` when they are the same order.
+
+    The common case (same cells, same order) is confirmed by comparing names slice by slice, in
+    bounded memory. MuData's ``obsmap`` is not used: files edited after writing can carry a stale one.
+    """
+    if store.index_matches(f"mod/{mod}/obs", obs_names):
         return None
+    mod_names = store.index(f"mod/{mod}/obs", cache=False)
     if not mod_names.is_unique:
         dup = mod_names[mod_names.duplicated()].unique()
         raise UserError(f"modality '{mod}' names cell(s) {list(dup[:3])} more than once", store.source)

@@ -72,8 +72,23 @@ class H5Store:
             self._cache[key] = self._guard(key, lambda: read_elem(self._file[key]))
         return self._cache[key]
 
-    def index(self, key: str) -> pd.Index:
-        """The index of a dataframe element (``obs``, ``mod/rna/var``...), memoised."""
+    def index_matches(self, key: str, names: pd.Index, chunk: int = 65536) -> bool:
+        """Whether a dataframe's index equals ``names``, read slice by slice (bounded memory)."""
+        def _compare() -> bool:
+            group = self._file[key]
+            ds = group[group.attrs["_index"]]
+            if ds.shape != (len(names),) or ds.dtype.kind != "O":
+                return False
+            for a in range(0, len(names), chunk):
+                if not np.array_equal(ds.asstr()[a : a + chunk], names[a : a + chunk].to_numpy()):
+                    return False
+            return True
+
+        return self._guard(key, _compare)
+
+    def index(self, key: str, cache: bool = True) -> pd.Index:
+        """The index of a dataframe element (``obs``, ``mod/rna/var``...), memoised unless ``cache``
+        is false (an index read once)."""
         if ("index", key) in self._cache:
             return self._cache[("index", key)]
 
@@ -82,10 +97,15 @@ class H5Store:
 
             group = self._file[key]
             name = group.attrs["_index"]
-            return pd.Index(np.asarray(read_elem(group[name])).astype(str))
+            values = np.asarray(read_elem(group[name]))
+            if values.dtype != object or not all(isinstance(v, str) for v in values):
+                values = values.astype(str)  # bytes or numbers: normalise (object str arrays need no copy)
+            return pd.Index(values, dtype=object)
 
-        self._cache[("index", key)] = self._guard(key, _read)
-        return self._cache[("index", key)]
+        index = self._guard(key, _read)
+        if cache:
+            self._cache[("index", key)] = index
+        return index
 
     def column(self, key: str, name: str) -> Any:
         """One column of a dataframe element, as a pandas Series-like array."""
@@ -197,9 +217,13 @@ class MemoryStore:
         """The element itself."""
         return self._guard(key, lambda: self._resolve(key))
 
-    def index(self, key: str) -> pd.Index:
+    def index(self, key: str, cache: bool = True) -> pd.Index:
         """Index of a dataframe element."""
         return self._guard(key, lambda: pd.Index(self._resolve(key).index.astype(str)))
+
+    def index_matches(self, key: str, names: pd.Index) -> bool:
+        """Whether a dataframe's index equals ``names``."""
+        return self.index(key).equals(names)
 
     def column(self, key: str, name: str) -> Any:
         """One dataframe column."""

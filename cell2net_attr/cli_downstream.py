@@ -1,8 +1,8 @@
 """Downstream commands: ``summarize``, ``activity`` and ``plot`` (registered on the main ``app``).
 
 Tables go to ``--out`` (``-`` = stdout); notes (cells left out, partial files) and the one-line summary
-go to stderr. Inputs are attribution files (``run`` / ``run-many`` HDF5 outputs, directories of them,
-``@FILE`` lists) or, for ``activity`` and ``plot``, the tables ``summarize`` writes.
+go to stderr. Inputs are attribution files (``run`` / ``run-many`` HDF5 or AnnData outputs, directories of
+them, ``@FILE`` lists) or, for ``activity`` and ``plot``, the tables ``summarize`` writes.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import typer
 from .cli import _err, _reported, app
 from .errors import UserError
 
-_ATTR_HELP = "Attribution .h5 files, run-many output directories, or @FILE lists (@- = stdin)."
-_IN_HELP = ("summarize tables (.tsv/.csv; - = TSV on stdin), or attribution .h5 files, run-many output directories, "
-            "or @FILE lists (@- = stdin).")
+_ATTR_HELP = "Attribution .h5/.h5ad files, run-many output directories, or @FILE lists (@- = stdin)."
+_IN_HELP = ("summarize tables (.tsv/.csv; - = TSV on stdin), or attribution .h5/.h5ad files, run-many output "
+            "directories, or @FILE lists (@- = stdin).")
 _OPT = {
     "data": typer.Option(None, "--data", help="The .h5mu whose obs holds the --groupby column."),
     "groupby": typer.Option(None, "--groupby", help="obs column defining the groups (NaN values are left out)."),

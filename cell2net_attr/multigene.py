@@ -7,7 +7,6 @@ file is a finished one). A gene that fails is recorded in ``run-report.tsv`` and
 from __future__ import annotations
 
 import csv
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ from .errors import UserError
 from .runner import RunOptions, run_one
 from .sharding import Shard
 from .store import H5Store
+from .writers import atomic_output
 
 REPORT = "run-report.tsv"
 FORMATS = ("h5", "npy")
@@ -120,10 +120,8 @@ def _one_gene(ck: Path, data: Path, out: Path, opts: RunOptions, store: H5Store,
 
 def write_report(path: Path, outcomes: list[GeneOutcome]) -> None:
     """``gene, status, seconds, checkpoint, output, error`` per gene, written atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(["gene", "status", "seconds", "checkpoint", "output", "error"])
         for o in outcomes:
             w.writerow([o.gene, o.status, f"{o.seconds:.2f}", o.checkpoint, o.output, o.error.replace("\t", " ")])
-    os.replace(tmp, path)

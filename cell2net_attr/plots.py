@@ -8,13 +8,13 @@ instead), and the colour bar and the dot-size legend sit at the top right.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .writers import atomic_output, check_output_path
 
 FORMATS = (".png", ".pdf", ".svg")
 ROW_IN = 0.15  # inches per TF row
@@ -192,13 +192,7 @@ def check_figure_output(out: str | Path, overwrite: bool) -> Path:
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise UserError(f"unknown figure format {out.suffix!r}: use {', '.join(FORMATS)}", out)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError("output directory does not exist", parent)
-    if out.is_dir():
-        raise UserError("output path is a directory", out)
-    if out.exists() and not overwrite:
-        raise UserError("output exists; pass --overwrite to replace it", out)
+    check_output_path(out, overwrite)
     return out
 
 
@@ -208,17 +202,8 @@ def save_figure(fig, out: str | Path, dpi: int = 150) -> None:
 
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        with matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):
-            fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=_metadata(fmt))
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write figure ({exc.strerror or type(exc).__name__})", out) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(out) as tmp, matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):
+        fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=_metadata(fmt))
 
 
 def _metadata(fmt: str) -> dict:

@@ -14,8 +14,8 @@ Definitions (those of cell2net 0.13's interpretation module, written anew here):
 
 Decisions: cells are matched to ``obs`` rows by name; cells whose group is missing (NaN) are left out and
 counted; a categorical column's groups follow its category order, any other column's its sorted unique
-values (as ``np.unique`` does upstream); groups without cells give no rows; every tie keeps the earlier
-TF (file order, then first appearance over genes).
+values (as ``np.unique`` does upstream); groups without cells give no rows; TFs of equal mean keep the file's
+TF order, TFs of equal z-score the order by variance (then first appearance over genes).
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .writers import atomic_output, check_output_path
 
 #: Columns of a summary table besides the group column.
 SUMMARY_COLUMNS = ("tf", "gene", "mean_attr", "std_attr", "n_cells", "frac_pos")
 #: Table suffixes (optionally followed by ``.gz``) and their separators.
 TABLE_SEPARATORS = {".tsv": "\t", ".txt": "\t", ".csv": ","}
-ATTRIBUTION_SUFFIXES = (".h5", ".hdf5")
+ATTRIBUTION_SUFFIXES = (".h5", ".hdf5", ".h5ad")
 FLOAT_FORMAT = "%.8g"
 
 
@@ -57,7 +58,7 @@ class Attributions:
 
 
 def collect_attribution_files(items: Iterable[str]) -> list[Path]:
-    """Attribution files from paths, directories (their ``*.h5``/``*.hdf5``, sorted) and ``@FILE`` lists.
+    """Attribution files from paths, directories (their ``*.h5``/``*.hdf5``/``*.h5ad``, sorted) and ``@FILE`` lists.
 
     ``@-`` reads the list from standard input. Raises :class:`UserError` for a missing path, a
     ``.npy`` output (it has no cell names), an empty input or a gene given twice.
@@ -70,7 +71,9 @@ def collect_attribution_files(items: Iterable[str]) -> list[Path]:
             inside = sorted(p for p in Path(item).iterdir()
                             if p.suffix.lower() in ATTRIBUTION_SUFFIXES and not p.name.startswith(".") and p.is_file())
             if not inside:
-                raise UserError("directory holds no attribution files (*.h5)", item)
+                npy = any(p.suffix.lower() == ".npy" for p in Path(item).iterdir())
+                raise UserError("directory holds only .npy outputs, which have no cell names; rerun run-many with "
+                                "--format h5" if npy else "directory holds no attribution files (*.h5, *.h5ad)", item)
             found += inside
         else:
             found.append(Path(item))
@@ -78,7 +81,7 @@ def collect_attribution_files(items: Iterable[str]) -> list[Path]:
         raise UserError("no attribution files given", "ATTR")
     for p in found:
         if p.suffix.lower() == ".npy":
-            raise UserError("a .npy output has no cell names to group by; use the HDF5 output (--out G.h5)", p)
+            raise UserError("a .npy output has no cell names to group by; use --out G.h5 or G.h5ad", p)
         if not p.is_file():
             raise UserError("attribution file not found" if not p.exists() else "not a file", p)
     return found
@@ -97,7 +100,8 @@ def _strings(values: np.ndarray) -> list[str]:
 
 
 def read_attributions(path: str | Path) -> Attributions:
-    """Read and check one HDF5 attribution file written by ``cell2net-attr run``.
+    """Read and check one attribution file written by ``cell2net-attr run``: HDF5 (``.h5``/``.hdf5``) or
+    AnnData (``.h5ad``: ``X`` cells x TFs, ``var`` = TFs, the run's parameters in ``uns["cell2net_attr"]``).
 
     The gene is the file's ``gene`` attribute (its stem when absent). Raises :class:`UserError` when
     the file is not such a file, its axes disagree, a name repeats or a value is NaN/Inf.
@@ -105,18 +109,13 @@ def read_attributions(path: str | Path) -> Attributions:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
-            missing = [k for k in ("attributions", "obs_names", "tf_names") if k not in f]
-            if missing:
-                raise UserError(f"not a cell2net-attr attribution file: no {missing[0]!r} dataset", path)
-            values = np.asarray(f["attributions"][()], dtype=np.float32)
-            obs = _strings(f["obs_names"][()])
-            tfs = _strings(f["tf_names"][()])
-            gene = f.attrs.get("gene", path.stem)
-            count = int(f.attrs.get("shard_count", 1))
-            shard = (int(f.attrs.get("shard_index", 0)), count) if count > 1 else None
+            values, obs, tfs, meta = _read_h5ad(f, path) if path.suffix.lower() == ".h5ad" else _read_h5(f, path)
     except OSError as exc:
         raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+    gene = meta.get("gene", path.stem)
     gene = gene.decode() if isinstance(gene, bytes) else str(gene)
+    count = int(meta.get("shard_count", 1))
+    shard = (int(meta.get("shard_index", 0)), count) if count > 1 else None
     if values.ndim != 2 or values.shape != (len(obs), len(tfs)):
         raise UserError(f"attributions have shape {list(values.shape)} but the file names {len(obs)} cells and "
                         f"{len(tfs)} TFs", path)
@@ -131,6 +130,30 @@ def read_attributions(path: str | Path) -> Attributions:
         r, c = np.argwhere(bad)[0]
         raise UserError(f"attribution of cell {obs[r]!r} for {tfs[c]!r} is {values[r, c]}", path)
     return Attributions(path, gene, pd.Index(obs), tfs, values, shard)
+
+
+def _read_h5(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
+    missing = [k for k in ("attributions", "obs_names", "tf_names") if k not in f]
+    if missing:
+        raise UserError(f"not a cell2net-attr attribution file: no {missing[0]!r} dataset", path)
+    return (np.asarray(f["attributions"][()], dtype=np.float32), _strings(f["obs_names"][()]),
+            _strings(f["tf_names"][()]), dict(f.attrs))
+
+
+def _read_h5ad(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
+    from anndata.io import read_elem
+
+    missing = [k for k in ("X", "obs", "var") if k not in f]
+    if missing:
+        raise UserError(f"not an AnnData attribution file: no {missing[0]!r}", path)
+    try:
+        x = read_elem(f["X"])
+        x = x.toarray() if hasattr(x, "toarray") else x
+        names = [_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var")]
+        meta = read_elem(f["uns/cell2net_attr"]) if "uns/cell2net_attr" in f else {}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot read the AnnData file ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+    return np.asarray(x, dtype=np.float32), names[0], names[1], dict(meta) if isinstance(meta, dict) else {}
 
 
 @dataclass
@@ -175,7 +198,8 @@ def read_groups(data: str | Path | object, column: str) -> Groups:
         present = store.columns("obs")
         if column not in present:
             close = difflib.get_close_matches(column, present, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else f"; columns: {', '.join(present[:20])}"
+            hint = (f" (did you mean {', '.join(map(repr, close))}?)" if close
+                    else f"; its columns: {', '.join(present[:20])}")
             raise UserError(f"obs has no column {column!r}{hint}", "--groupby")
         names = store.index("obs")
         values = store.column("obs", column)
@@ -339,7 +363,8 @@ def summarize(files: Iterable[str | Path], data: str | Path | object | None = No
     for i, path in enumerate(files):
         attr = read_attributions(path)
         if attr.gene in genes:
-            hint = " (shards of one run: merge them first with cell2net-attr merge)" if attr.shard else ""
+            shard = attr.shard or shards.get(attr.gene)
+            hint = " (shards of one run: merge them first with cell2net-attr merge)" if shard else ""
             raise UserError(f"gene {attr.gene!r} is also in {genes[attr.gene]}{hint}", path)
         genes[attr.gene] = path
         stats = gene_stats(attr, groups)
@@ -560,20 +585,7 @@ def check_table_output(out: str | Path, overwrite: bool, inputs: Iterable[Path] 
     if str(out) == "-":
         return
     table_separator(out)
-    _check_output_path(Path(out), overwrite, inputs)
-
-
-def _check_output_path(out: Path, overwrite: bool, inputs: Iterable[Path]) -> None:
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError("output directory does not exist", parent)
-    if out.is_dir():
-        raise UserError("output path is a directory", out)
-    resolved = out.resolve()
-    if any(Path(p).exists() and Path(p).resolve() == resolved for p in inputs):
-        raise UserError("output would overwrite an input file", out)
-    if out.exists() and not overwrite:
-        raise UserError("output exists; pass --overwrite to replace it", out)
+    check_output_path(Path(out), overwrite, inputs)
 
 
 def write_table(table: pd.DataFrame, out: str | Path, index: bool = False) -> None:
@@ -591,14 +603,6 @@ def write_table(table: pd.DataFrame, out: str | Path, index: bool = False) -> No
                 pass
         return
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
+    with atomic_output(out) as tmp:
         table.to_csv(tmp, sep=sep, index=index, float_format=FLOAT_FORMAT, lineterminator="\n",
                      compression="gzip" if out.suffix.lower() == ".gz" else None)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write output ({exc.strerror or type(exc).__name__})", out) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -7,6 +7,7 @@ temporary file is removed). Nothing partial is ever left at the final path.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -44,8 +45,14 @@ def output_format(path: Path) -> str:
 
 
 def check_output(path: Path, overwrite: bool, inputs: list[Path]) -> str:
-    """Validate the output path before any work; returns its format."""
+    """Validate an attribution output path before any work; returns its format."""
     fmt = output_format(path)
+    check_output_path(path, overwrite, inputs)
+    return fmt
+
+
+def check_output_path(path: Path, overwrite: bool, inputs=()) -> None:
+    """The checks every output shares: directory present and writable, not an input, no clobbering."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError("output directory does not exist", parent)
@@ -53,13 +60,27 @@ def check_output(path: Path, overwrite: bool, inputs: list[Path]) -> str:
         raise UserError("output directory is not writable", parent)
     resolved = path.resolve()
     for inp in inputs:
-        if inp.exists() and inp.resolve() == resolved:
+        if Path(inp).exists() and Path(inp).resolve() == resolved:
             raise UserError("output would overwrite an input file", path)
     if path.exists() and not overwrite:
         raise UserError("output exists; pass --overwrite to replace it", path)
     if path.is_dir():
         raise UserError("output path is a directory", path)
-    return fmt
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside ``path``; on success rename it into place, else remove it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(exc, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def temp_path(path: Path) -> Path:

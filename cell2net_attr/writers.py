@@ -88,6 +88,20 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
+@contextlib.contextmanager
+def _io_errors(path: Path, cleanup: Callable[[], None] | None = None):
+    """Report a failed write (h5py raises RuntimeError for some) as a UserError, after ``cleanup``;
+    anything else passes through."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if cleanup is not None:
+            cleanup()
+        if not _is_io_failure(exc):
+            raise
+        raise os_error(exc, path) from None
+
+
 class _TempFileWriter:
     """Shared commit/abort for writers of a temporary file."""
 
@@ -100,14 +114,9 @@ class _TempFileWriter:
 
     def commit(self) -> None:
         """Flush, close and move into place."""
-        try:
+        with _io_errors(self.path, self.abort):
             self._close()
             os.replace(self.tmp, self.path)
-        except (OSError, RuntimeError) as exc:  # h5py reports a failed flush as RuntimeError
-            self.abort()
-            if not _is_io_failure(exc):
-                raise
-            raise os_error(exc, self.path) from None
 
     def abort(self) -> None:
         """Close and delete the temporary file."""
@@ -123,12 +132,9 @@ class NpyWriter(_TempFileWriter):
 
     def __init__(self, path: Path, n_rows: int, n_cols: int) -> None:
         super().__init__(path)
-        try:
+        with _io_errors(path, self.abort):
             self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_cols))
             _reserve(self.tmp)
-        except OSError as exc:
-            self.abort()
-            raise os_error(exc, path) from None
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows."""
@@ -163,7 +169,7 @@ class H5Writer(_TempFileWriter):
                  with_delta: bool, locking: bool | None = None) -> None:
         super().__init__(path)
         n, t = len(obs_names), len(tf_names)
-        try:
+        with _io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
             chunk_rows = max(1, min(n, 4096))
             self._attr = self._f.create_dataset("attributions", shape=(n, t), maxshape=(None, t),
@@ -175,22 +181,13 @@ class H5Writer(_TempFileWriter):
                                                   chunks=(chunk_rows,)) if with_delta else None)
             for key, value in meta.items():
                 self._f.attrs[key] = value
-        except (OSError, RuntimeError) as exc:
-            self.abort()
-            if not _is_io_failure(exc):
-                raise
-            raise os_error(exc, path) from None
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows (and their deltas)."""
-        try:
+        with _io_errors(self.path):
             self._attr[start : start + len(attr)] = attr
             if self._delta is not None and delta is not None:
                 self._delta[start : start + len(delta)] = delta
-        except (OSError, RuntimeError) as exc:
-            if not _is_io_failure(exc):
-                raise
-            raise os_error(exc, self.path) from None
 
     def _close(self) -> None:
         if getattr(self, "_f", None) is not None:
@@ -211,7 +208,7 @@ class H5adWriter(_TempFileWriter):
         n, t = len(obs), len(tf_names)
         self._obs = obs
         self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
-        try:
+        with _io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
             self._f.attrs["encoding-type"], self._f.attrs["encoding-version"] = "anndata", "0.1.0"
             self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
@@ -220,20 +217,11 @@ class H5adWriter(_TempFileWriter):
             write_elem(self._f, "uns", {"cell2net_attr": {k: _plain(v) for k, v in meta.items()}})
             for key in ("obsm", "varm", "obsp", "varp", "layers"):
                 write_elem(self._f, key, {})
-        except (OSError, RuntimeError) as exc:
-            self.abort()
-            if not _is_io_failure(exc):
-                raise
-            raise os_error(exc, path) from None
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows."""
-        try:
+        with _io_errors(self.path):
             self._x[start : start + len(attr)] = attr
-        except (OSError, RuntimeError) as exc:
-            if not _is_io_failure(exc):
-                raise
-            raise os_error(exc, self.path) from None
         if self._delta is not None and delta is not None:
             self._delta[start : start + len(delta)] = delta
 

@@ -26,10 +26,11 @@ def _read_shard(path: Path) -> dict:
             missing = [k for k in (*CONSISTENT, "shard_index", "row_start") if k not in attrs]
             if missing or "attributions" not in f:
                 raise UserError(f"not a cell2net-attr shard (lacks {missing[:3] or ['attributions']})", path)
-            return {"path": path, "attrs": attrs, "attr": f["attributions"][:],
+            # the matrices are only measured here; _copy_rows streams them into the output
+            return {"path": path, "attrs": attrs, "rows": f["attributions"].shape[0],
                     "obs": [s.decode() if isinstance(s, bytes) else str(s) for s in f["obs_names"][:]],
                     "tfs": [s.decode() if isinstance(s, bytes) else str(s) for s in f["tf_names"][:]],
-                    "delta": f["convergence_delta"][:] if "convergence_delta" in f else None}
+                    "delta": "convergence_delta" in f}
     except OSError as exc:
         raise UserError(f"not a readable HDF5 shard ({str(exc).splitlines()[0][:120]})", path) from None
 
@@ -62,10 +63,10 @@ def check_shards(shards: list[dict]) -> list[dict]:
     ordered = [by_index[k] for k in range(count)]
     total, start = int(first["attrs"]["n_rows_total"]), 0
     for s in ordered:
-        if int(s["attrs"]["row_start"]) != start or len(s["attr"]) != len(s["obs"]):
+        if int(s["attrs"]["row_start"]) != start or s["rows"] != len(s["obs"]):
             raise UserError(f"incomplete or inconsistent shard: rows start at {s['attrs']['row_start']}, "
                             f"expected {start}", s["path"])
-        start += len(s["attr"])
+        start += s["rows"]
     if start != total:
         raise UserError(f"shards hold {start} rows, the run selected {total}", first["path"])
     return ordered
@@ -81,14 +82,23 @@ def merge(paths: list[Path], out: Path, overwrite: bool = False) -> int:
     ordered = check_shards([_read_shard(Path(p)) for p in paths])
     meta = {k: v for k, v in ordered[0]["attrs"].items() if k not in SHARD_ONLY}
     meta.update(shard_index=0, shard_count=1, row_start=0, merged_from=len(ordered))
-    with_delta = all(s["delta"] is not None for s in ordered)
+    with_delta = all(s["delta"] for s in ordered)
     obs = [name for s in ordered for name in s["obs"]]
     writer = open_writer(out, obs, ordered[0]["tfs"], meta, with_delta)
     try:
         for s in ordered:
-            writer.write(int(s["attrs"]["row_start"]), s["attr"], s["delta"])
+            _copy_rows(s, writer, with_delta)
         writer.commit()
     except BaseException:
         writer.abort()
         raise
     return len(obs)
+
+
+def _copy_rows(shard: dict, writer, with_delta: bool, block: int = 65536) -> None:
+    """Copy a shard's rows into the merged output block by block (bounded memory)."""
+    start = int(shard["attrs"]["row_start"])
+    with h5py.File(shard["path"], "r") as f:
+        for a in range(0, shard["rows"], block):
+            delta = f["convergence_delta"][a : a + block] if with_delta else None
+            writer.write(start + a, f["attributions"][a : a + block], delta)

@@ -63,3 +63,11 @@ def sha256_tree(*paths: Path) -> dict[str, str]:
         for f in files:
             out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that is sent SIGINT: a shell starts background jobs with SIGINT
+    ignored, the child would inherit that, and Python then installs no KeyboardInterrupt handler."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

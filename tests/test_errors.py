@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from cell2net_attr.cli import app
 
-from .conftest import COVARIATES, sha256_tree
+from .conftest import COVARIATES, default_sigint, sha256_tree
 
 MAX_LINES = 3  # "a few lines at most", a final progress line included
 MAX_CHARS = 600
@@ -994,7 +994,8 @@ def test_sigint_real_process_leaves_nothing(case):
     proc = subprocess.Popen([sys.executable, "-c", slow, "run", str(case.ck), str(case.data), "--covariates",
                              COVARIATES, "-o", str(case.target), "--batch-size", "2", "--n-steps", "4",
                              "--num-workers", "0"],
-                            cwd=case.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=case.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 60
         while not any(p.name.endswith(".partial") for p in case.out.iterdir()):

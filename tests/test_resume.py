@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cell2net_attr.cli import app
 
-from .conftest import COVARIATES, sha256_tree
+from .conftest import COVARIATES, default_sigint, sha256_tree
 
 
 def _cmd(ck, data, out, *extra):
@@ -35,7 +35,7 @@ def slow_run(demo_atlas, tmp_path_factory):
 
 def _interrupt(cmd, partial, sig, min_chunks=1):
     """Start ``cmd``, wait until it has saved ``min_chunks`` chunk files, send ``sig``."""
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
         if partial.is_dir() and len(list(partial.glob("chunk-*.npz"))) >= min_chunks:

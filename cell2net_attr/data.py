@@ -24,7 +24,7 @@ import pandas as pd
 from .architecture import ModelSpec
 from .errors import UserError
 from .sequence import one_hot_all
-from .store import H5Store, MemoryStore, Store
+from .store import CellNames, H5Store, MemoryStore, Store
 
 DISTANCE_SCALE = 500_000.0
 
@@ -45,7 +45,7 @@ class GeneData:
     store: Store
     gene: str
     layout: str
-    obs_names: pd.Index
+    names: CellNames
     peaks: list[str]
     tfs: list[str]
     covariates: list[str]
@@ -60,7 +60,12 @@ class GeneData:
     @property
     def n_cells(self) -> int:
         """Number of cells (rows of the global ``obs``)."""
-        return len(self.obs_names)
+        return len(self.names)
+
+    @property
+    def obs_names(self) -> pd.Index:
+        """All cell names (read on first use: a run over all cells never needs them whole)."""
+        return self.names.index
 
     @property
     def source(self) -> str:
@@ -118,7 +123,7 @@ def load_gene_data(
     for mod in (rna_mod, atac_mod):
         if not store.has(f"mod/{mod}"):
             raise UserError(f"no modality '{mod}' (use --rna-mod/--atac-mod)", src)
-    obs_names = store.index("obs")
+    obs_names = store.cell_names("obs")
     if len(obs_names) == 0:
         raise UserError("the data has zero cells", src)
 
@@ -162,7 +167,7 @@ def load_gene_data(
         store=store,
         gene=gene,
         layout=layout,
-        obs_names=obs_names,
+        names=obs_names,
         peaks=peaks,
         tfs=tfs,
         covariates=list(covariates or []),
@@ -301,7 +306,7 @@ def _covariate_matrix(store: Store, names: list[str], n_cells: int) -> np.ndarra
     return out
 
 
-def _row_map(store: Store, mod: str, obs_names: pd.Index) -> np.ndarray | None:
+def _row_map(store: Store, mod: str, obs_names: CellNames) -> np.ndarray | None:
     """Rows of a modality for each global cell; ``None`` when they are the same order.
 
     The common case (same cells, same order) is confirmed by comparing names slice by slice, in
@@ -313,9 +318,9 @@ def _row_map(store: Store, mod: str, obs_names: pd.Index) -> np.ndarray | None:
     if not mod_names.is_unique:
         dup = mod_names[mod_names.duplicated()].unique()
         raise UserError(f"modality '{mod}' names cell(s) {list(dup[:3])} more than once", store.source)
-    pos = mod_names.get_indexer(obs_names)
+    pos = mod_names.get_indexer(obs_names.index)
     if (pos < 0).any():
-        absent = [n for n, p in zip(obs_names, pos) if p < 0]
+        absent = [n for n, p in zip(obs_names.index, pos) if p < 0]
         raise UserError(f"cell(s) {absent[:3]} of obs are missing from modality '{mod}'", store.source)
     return pos.astype(np.int64)
 
@@ -330,7 +335,7 @@ def _check_finite(batch: Batch, data: GeneData, rows: np.ndarray) -> None:
         if bad.any():
             r, c = np.argwhere(bad)[0]
             cols = data.peaks if what == "accessibility" else data.tfs
-            raise UserError(f"{what} of cell '{data.obs_names[rows[r]]}' for '{cols[c]}' is {arr[r, c]}",
+            raise UserError(f"{what} of cell '{data.names.take(rows[r:r + 1])[0]}' for '{cols[c]}' is {arr[r, c]}",
                             data.source)
 
 

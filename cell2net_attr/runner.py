@@ -19,7 +19,7 @@ from .partial import PartialRun
 from .progress import Progress, make_progress
 from .selection import read_tokens, resolve_tokens
 from .sharding import Shard
-from .store import Store
+from .store import CellNames, Store
 from .writers import check_output, open_writer
 
 DEFAULT_BATCH = {"fast": 256, "captum": 4}
@@ -97,8 +97,9 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     model = load_model(checkpoint, store if store is not None else data, gene, opts.covariates, opts.device,
                        opts.rna_mod, opts.atac_mod, opts.hdf5_locking)
     try:
-        obs = model.data.obs_names
-        selected = resolve_tokens(tokens, obs, opts.idx_type) if tokens is not None else np.arange(len(obs))
+        names = model.data.names
+        selected = (resolve_tokens(tokens, model.data.obs_names, opts.idx_type) if tokens is not None
+                    else np.arange(len(names)))
         start, stop = shard.bounds(len(selected))
         rows = selected[start:stop]
         meta = {
@@ -112,7 +113,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
             "data_layout": model.data.layout,
             # what `merge` checks: where these rows sit in the whole selection, and which selection
             "shard_index": shard.index, "shard_count": shard.count, "row_start": start,
-            "n_rows_total": len(selected), "selection_sha256": selection_digest(obs[selected]),
+            "n_rows_total": len(selected), "selection_sha256": selection_digest(names, selected),
         }
         _compute_resumable(model, rows, out, meta, params, opts, batch_size, progress)
     finally:
@@ -120,12 +121,26 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     return RunResult(model.gene, out, len(rows), len(model.tfs), opts.engine, str(model.device))
 
 
-def selection_digest(names) -> str:
-    """sha256 of the selected obs names in order: shards of one run share it."""
+def selection_digest(names: CellNames, rows: np.ndarray, chunk: int = 65536) -> str:
+    """sha256 of the selected obs names in order (read chunk by chunk): shards of one run share it."""
     h = hashlib.sha256()
-    for name in names:
-        h.update(str(name).encode() + b"\n")
+    for a in range(0, len(rows), chunk):
+        for name in names.take(rows[a : a + chunk]):
+            h.update(str(name).encode() + b"\n")
     return h.hexdigest()
+
+
+class SelectedNames:
+    """Names of the output rows, read slice by slice for the writers (never all at once)."""
+
+    def __init__(self, names: CellNames, rows: np.ndarray) -> None:
+        self.names, self.rows = names, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, part: slice) -> list[str]:
+        return [str(n) for n in self.names.take(self.rows[part])]
 
 
 def _compute_resumable(model, rows: np.ndarray, out: Path, meta: dict, params: IGParams, opts: RunOptions,
@@ -141,7 +156,7 @@ def _compute_resumable(model, rows: np.ndarray, out: Path, meta: dict, params: I
         run_cells(model, rows[done:], params, opts.engine, batch_size, opts.num_workers,
                   lambda s, a, d: partial.add(done + s, a, d), progress or make_progress(opts.quiet))
         partial.flush()
-        writer = open_writer(out, [str(o) for o in model.data.obs_names[rows]], model.tfs, meta,
+        writer = open_writer(out, SelectedNames(model.data.names, rows), model.tfs, meta,
                              params.return_delta, opts.hdf5_locking, lambda: model.data.obs_table(rows))
         try:
             for start, attr, delta in partial.chunks():

@@ -33,6 +33,42 @@ _READ_ERRORS = (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexErr
                 AttributeError, *_anndata_errors())
 
 
+class CellNames:
+    """The cells' names (an obs index) without holding them: length, slices and rows are read on
+    demand; the whole index only when a lookup by name needs it, and then kept."""
+
+    def __init__(self, length: int, read_slice, read_all) -> None:
+        self._length, self._read_slice, self._read_all = length, read_slice, read_all
+        self._index: pd.Index | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def index(self) -> pd.Index:
+        """All names as a pandas Index (read once)."""
+        if self._index is None:
+            self._index = self._read_all()
+        return self._index
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Names of rows ``start:stop``."""
+        if self._index is not None:
+            return self._index[start:stop].to_numpy()
+        return self._read_slice(start, stop)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Names of ``rows``, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._index is not None or not len(rows):
+            return self.index.to_numpy()[rows]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 4 * len(rows):  # dense enough: one slice
+            return self.slice(lo, hi)[rows - lo]
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return self._read_slice(uniq, None)[inverse]
+
+
 class H5Store:
     """Read-only access to an ``.h5mu`` file through h5py and anndata's element readers."""
 
@@ -72,15 +108,35 @@ class H5Store:
             self._cache[key] = self._guard(key, lambda: read_elem(self._file[key]))
         return self._cache[key]
 
-    def index_matches(self, key: str, names: pd.Index, chunk: int = 65536) -> bool:
-        """Whether a dataframe's index equals ``names``, read slice by slice (bounded memory)."""
+    def _index_dataset(self, key: str):
+        group = self._file[key]
+        return group[group.attrs["_index"]]
+
+    def cell_names(self, key: str) -> CellNames:
+        """The index of ``key`` read on demand (vlen-string indexes; others are read whole)."""
+        ds = self._guard(key, lambda: self._index_dataset(key))
+        well_formed = (ds.dtype.kind == "O" and ds.ndim == 1 and ds.attrs.get("encoding-type") == "string-array"
+                       and bool(ds.attrs.get("encoding-version")))
+        if not well_formed:  # anything unusual goes through anndata's strict reader
+            whole = self.index(key)
+            return CellNames(len(whole), lambda a, b: whole.to_numpy()[a if b is None else slice(a, b)],
+                             lambda: whole)
+
+        def read(a, b) -> np.ndarray:
+            values = ds.asstr()[a if b is None else slice(a, b)]
+            return np.asarray(values, dtype=object)
+
+        return CellNames(ds.shape[0], lambda a, b: self._guard(key, lambda: read(a, b)),
+                         lambda: self.index(key, cache=False))
+
+    def index_matches(self, key: str, names: CellNames, chunk: int = 65536) -> bool:
+        """Whether a dataframe's index equals ``names``, compared slice by slice (bounded memory)."""
         def _compare() -> bool:
-            group = self._file[key]
-            ds = group[group.attrs["_index"]]
+            ds = self._index_dataset(key)
             if ds.shape != (len(names),) or ds.dtype.kind != "O":
                 return False
             for a in range(0, len(names), chunk):
-                if not np.array_equal(ds.asstr()[a : a + chunk], names[a : a + chunk].to_numpy()):
+                if not np.array_equal(ds.asstr()[a : a + chunk], names.slice(a, a + chunk)):
                     return False
             return True
 
@@ -221,9 +277,14 @@ class MemoryStore:
         """Index of a dataframe element."""
         return self._guard(key, lambda: pd.Index(self._resolve(key).index.astype(str)))
 
-    def index_matches(self, key: str, names: pd.Index) -> bool:
+    def cell_names(self, key: str) -> CellNames:
+        """The index of ``key`` (already in memory)."""
+        whole = self.index(key)
+        return CellNames(len(whole), lambda a, b: whole.to_numpy()[a if b is None else slice(a, b)], lambda: whole)
+
+    def index_matches(self, key: str, names: CellNames) -> bool:
         """Whether a dataframe's index equals ``names``."""
-        return self.index(key).equals(names)
+        return self.index(key).equals(names.index)
 
     def column(self, key: str, name: str) -> Any:
         """One dataframe column."""

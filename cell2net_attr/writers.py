@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+
+NAME_BLOCK = 65536  # cell names written per block
 
 FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
 
@@ -165,7 +167,7 @@ def _reserve(path: Path) -> None:
 class H5Writer(_TempFileWriter):
     """HDF5 with ``attributions``, ``obs_names``, ``tf_names``, optional ``convergence_delta``, metadata attrs."""
 
-    def __init__(self, path: Path, obs_names: list[str], tf_names: list[str], meta: dict,
+    def __init__(self, path: Path, obs_names: Sequence[str], tf_names: list[str], meta: dict,
                  with_delta: bool, locking: bool | None = None) -> None:
         super().__init__(path)
         n, t = len(obs_names), len(tf_names)
@@ -175,7 +177,9 @@ class H5Writer(_TempFileWriter):
             self._attr = self._f.create_dataset("attributions", shape=(n, t), maxshape=(None, t),
                                                 dtype="f4", chunks=(chunk_rows, t))
             string = h5py.string_dtype()
-            self._f.create_dataset("obs_names", data=np.asarray(obs_names, dtype=object), dtype=string)
+            names = self._f.create_dataset("obs_names", shape=(n,), dtype=string)
+            for a in range(0, n, NAME_BLOCK):  # in blocks: the names need not all be in memory
+                names[a : a + NAME_BLOCK] = np.asarray(obs_names[a : a + NAME_BLOCK], dtype=object)
             self._f.create_dataset("tf_names", data=np.asarray(tf_names, dtype=object), dtype=string)
             self._delta = (self._f.create_dataset("convergence_delta", shape=(n,), maxshape=(None,), dtype="f4",
                                                   chunks=(chunk_rows,)) if with_delta else None)
@@ -249,7 +253,7 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def open_writer(path: Path, obs_names: list[str], tf_names: list[str], meta: dict, with_delta: bool,
+def open_writer(path: Path, obs_names: Sequence[str], tf_names: list[str], meta: dict, with_delta: bool,
                 locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
     """A writer for ``path``'s format (already validated by :func:`check_output`).
 
@@ -260,13 +264,16 @@ def open_writer(path: Path, obs_names: list[str], tf_names: list[str], meta: dic
         _check_space(path, n * t * 4 + 4096)
         return NpyWriter(path, n, t)
     if output_format(path) == "h5ad":
-        obs = obs_table() if obs_table is not None else pd.DataFrame(index=pd.Index(obs_names))
-        obs.index = pd.Index([str(o) for o in obs_names])
+        index = pd.Index([str(o) for o in obs_names[0 : len(obs_names)]])  # AnnData obs is whole anyway
+        obs = obs_table() if obs_table is not None else pd.DataFrame(index=index)
+        obs.index = index
         _check_space(path, n * t * 4 + n * (8 * obs.shape[1] + 48) + (64 << 10))
         return H5adWriter(path, obs, tf_names, meta, with_delta, locking)
     chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
     rows = -(-n // chunk) * chunk
-    names = sum(len(str(s).encode()) + 16 for s in (*obs_names, *tf_names))
+    sample = obs_names[0:1000]  # name sizes estimated from a sample
+    names = sum(len(str(s).encode()) + 16 for s in sample) * n // max(len(sample), 1)
+    names += sum(len(str(s).encode()) + 16 for s in tf_names)
     _check_space(path, rows * t * 4 + (rows * 4 if with_delta else 0) + names + (32 << 10))
     return H5Writer(path, obs_names, tf_names, meta, with_delta, locking)
 

@@ -12,7 +12,7 @@ import torch
 from .architecture import Cell2NetModule
 from .checkpoint import Checkpoint, infer_spec, load_checkpoint
 from .compute import run_engine
-from .data import GeneData, load_gene_data, open_store
+from .data import GeneData, load_gene_data, open_store, parse_covariates, require_covariates
 from .device import resolve_device
 from .engine import IGParams, make_engine
 from .errors import UserError
@@ -89,17 +89,11 @@ def load_model(
         ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     """
     ck = load_checkpoint(checkpoint, gene)
-    cov = _covariate_list(covariates)
+    cov = parse_covariates(covariates)
     store = open_store(data, locking=hdf5_locking)
     owns_store = store is not data
     try:
-        if ck.spec.n_covariates and not cov:
-            from .data import numeric_obs_columns
-
-            candidates = numeric_obs_columns(store)
-            raise UserError(f"the model needs {ck.spec.n_covariates} covariate(s) and none were given; "
-                            f"numeric obs columns: {', '.join(candidates) or 'none'} "
-                            f"(name them in the model's order)", "--covariates")
+        require_covariates(ck.spec, cov, store)
         gene_data = load_gene_data(store, ck.gene, ck.spec, cov, rna_mod, atac_mod)
     except BaseException:
         if owns_store:
@@ -182,13 +176,18 @@ def attribute(
     return out, delta
 
 
-def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: str, batch_size: int,
-              num_workers: int, sink, progress: Progress) -> None:
-    """Build the engine for ``m`` and stream ``rows`` through it into ``sink``."""
+def check_batching(batch_size: int, num_workers: int) -> None:
+    """``--batch-size`` >= 1 and ``--num-workers`` >= 0, as integers."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"must be an integer >= 1, got {batch_size!r}", "--batch-size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise UserError(f"must be an integer >= 0, got {num_workers!r}", "--num-workers")
+
+
+def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: str, batch_size: int,
+              num_workers: int, sink, progress: Progress) -> None:
+    """Build the engine for ``m`` and stream ``rows`` through it into ``sink``."""
+    check_batching(batch_size, num_workers)
     seq = torch.from_numpy(m.data.peak_seq).to(m.device)
     dist = torch.from_numpy(m.data.peak_dist).to(m.device)
     eng = make_engine(engine, m.module, seq, dist, params)
@@ -197,17 +196,6 @@ def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: s
         run_engine(eng, m.data, rows, m.device, sink, batch_size, num_workers, progress.advance)
     finally:
         progress.stop()
-
-
-def _covariate_list(covariates: list[str] | str | None) -> list[str]:
-    if covariates is None:
-        return []
-    if isinstance(covariates, str):
-        items = [c.strip() for c in covariates.split(",")]
-        if any(not c for c in items):
-            raise UserError(f"empty column name in '{covariates}'", "--covariates")
-        return items
-    return [str(c) for c in covariates]
 
 
 def _per_gene_mudata(data: GeneData):

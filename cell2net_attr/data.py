@@ -181,6 +181,27 @@ def load_gene_data(
     )
 
 
+def parse_covariates(covariates: list[str] | str | None) -> list[str]:
+    """Covariate column names from a list or ``"a,b"``; an empty name is an error."""
+    if covariates is None:
+        return []
+    if isinstance(covariates, str):
+        items = [c.strip() for c in covariates.split(",")]
+        if any(not c for c in items):
+            raise UserError(f"empty column name in '{covariates}'", "--covariates")
+        return items
+    return [str(c) for c in covariates]
+
+
+def require_covariates(spec: ModelSpec, covariates: list[str], store: Store) -> None:
+    """A model with covariates needs them named: never guess, list the numeric obs columns instead."""
+    if spec.n_covariates and not covariates:
+        candidates = numeric_obs_columns(store)
+        raise UserError(f"the model needs {spec.n_covariates} covariate(s) and none were given; "
+                        f"numeric obs columns: {', '.join(candidates) or 'none'} "
+                        f"(name them in the model's order)", "--covariates")
+
+
 def numeric_obs_columns(store: Store) -> list[str]:
     """Names of numeric columns of the global ``obs`` (covariate candidates)."""
     out = []

@@ -57,6 +57,12 @@ class Engine(Protocol):
         ...
 
 
+def check_engine(name: str) -> None:
+    """``--engine`` names a known engine."""
+    if name not in ENGINES:
+        raise UserError(f"unknown engine '{name}', choose from {', '.join(ENGINES)}", "--engine")
+
+
 def make_engine(
     name: str,
     module: torch.nn.Module,
@@ -66,8 +72,7 @@ def make_engine(
 ) -> Engine:
     """Build the engine ``name`` for a module whose shared inputs are on its device."""
     params.validate()
-    if name not in ENGINES:
-        raise UserError(f"unknown engine '{name}', choose from {', '.join(ENGINES)}", "--engine")
+    check_engine(name)
     if name == "captum":
         from .engine_captum import CaptumEngine
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .data import load_gene_data, numeric_obs_columns, open_store
+from .data import load_gene_data, numeric_obs_columns, open_store, parse_covariates, require_covariates
 from .errors import UserError
 
 
@@ -21,13 +21,9 @@ def describe(checkpoint: Path, data: Path | None = None, gene: str | None = None
         report["data"] = str(data)
         report["cells"] = len(store.index("obs"))
         report["covariate_candidates"] = numeric_obs_columns(store)
-        cov = [c.strip() for c in covariates.split(",")] if covariates else []
-        if ck.spec.n_covariates and not cov:
-            cov = None
         try:
-            if cov is None:
-                raise UserError(f"the model needs {ck.spec.n_covariates} covariate(s): pass --covariates "
-                                f"(candidates: {', '.join(report['covariate_candidates']) or 'none'})")
+            cov = parse_covariates(covariates)
+            require_covariates(ck.spec, cov, store)
             view = load_gene_data(store, ck.gene, ck.spec, cov, rna_mod, atac_mod)
             report.update(layout=view.layout, peaks=view.peaks, tfs=view.tfs, covariates=view.covariates, match=True)
         except UserError as exc:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .writers import os_error
+from .writers import os_error, plain_value
 
 #: Identity keys that may differ between an interrupted run and its resumption.
 VOLATILE = ("device", "tool", "tool_version", "checkpoint", "data")
@@ -39,7 +39,7 @@ class PartialRun:
     def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
                  chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
         self.out, self.dir = out, partial_dir(out)
-        self.identity = {k: _plain(v) for k, v in identity.items() if k not in VOLATILE}
+        self.identity = {k: plain_value(v) for k, v in identity.items() if k not in VOLATILE}
         # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
         self.chunk_rows = chunk_rows or int(os.environ.get("CELL2NET_ATTR_CHUNK_ROWS", 16384))
         self.chunk_seconds = chunk_seconds
@@ -132,7 +132,3 @@ class PartialRun:
         """Remove the in-progress directory."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
-
-def _plain(value):
-    """JSON-comparable form of a metadata value (numpy scalars -> Python)."""
-    return value.item() if isinstance(value, np.generic) else value

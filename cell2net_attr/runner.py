@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import hashlib
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .api import load_model, run_cells
+from .api import check_batching, load_model, run_cells
 from .checkpoint import file_sha256
-from .engine import ENGINES, IGParams
+from .engine import IGParams, check_engine
 from .errors import Terminated, UserError
 from .partial import PartialRun
 from .progress import Progress, make_progress
@@ -78,11 +77,9 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     ``<stem>-0000K-of-0000N<suffix>``.
     """
     params = opts.params()
-    if opts.engine not in ENGINES:
-        raise UserError(f"unknown engine '{opts.engine}', choose from {', '.join(ENGINES)}", "--engine")
+    check_engine(opts.engine)  # flags first: nothing is read before they are known good
     batch_size = opts.batch_size if opts.batch_size is not None else DEFAULT_BATCH[opts.engine]
-    if batch_size < 1:
-        raise UserError(f"must be >= 1, got {batch_size}", "--batch-size")
+    check_batching(batch_size, opts.num_workers)
     checkpoint, data = Path(checkpoint), Path(data)
     gene = opts.gene or checkpoint.stem
     out = Path(opts.out) if opts.out else Path(f"{gene}.tf_attr.h5")

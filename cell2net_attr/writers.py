@@ -73,7 +73,7 @@ def check_output_path(path: Path, overwrite: bool, inputs=()) -> None:
 @contextlib.contextmanager
 def atomic_output(path: Path):
     """Yield a temporary path beside ``path``; on success rename it into place, else remove it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -218,7 +218,7 @@ class H5adWriter(_TempFileWriter):
             self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
             self._x.attrs["encoding-type"], self._x.attrs["encoding-version"] = "array", "0.2.0"
             write_elem(self._f, "var", pd.DataFrame(index=pd.Index(tf_names, name="tf")))
-            write_elem(self._f, "uns", {"cell2net_attr": {k: _plain(v) for k, v in meta.items()}})
+            write_elem(self._f, "uns", {"cell2net_attr": {k: plain_value(v) for k, v in meta.items()}})
             for key in ("obsm", "varm", "obsp", "varp", "layers"):
                 write_elem(self._f, key, {})
 
@@ -248,8 +248,8 @@ class H5adWriter(_TempFileWriter):
         super().abort()
 
 
-def _plain(value):
-    """HDF5-attribute values as plain Python types for ``uns``."""
+def plain_value(value):
+    """A metadata value as a plain Python type (numpy scalars -> Python), for ``uns`` and JSON."""
     return value.item() if isinstance(value, np.generic) else value
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from cell2net_attr.architecture import ModelSpec
+from cell2net_attr.model.architecture import ModelSpec
 from cell2net_attr.synthetic import GeneSpec, random_module, save_checkpoint, write_mudata
 
 GENE = GeneSpec("SCALE", n_peaks=20, n_tfs=50)

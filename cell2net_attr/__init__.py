@@ -1,7 +1,21 @@
-"""cell2net-attr: Integrated-Gradients TF attributions for Cell2Net checkpoints, fast and safe."""
+"""cell2net-attr: Integrated-Gradients attributions for Cell2Net checkpoints, fast and safe.
 
-__version__ = "0.1.0"
+The notebook API (:func:`load_model`, :func:`tf_attr`) is imported on first use, so that
+``import cell2net_attr`` and the light commands (``--help``, downstream tables) never load torch.
+"""
 
-from .api import AttributionModel, load_model, tf_attr  # noqa: E402
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
 
 __all__ = ["AttributionModel", "load_model", "tf_attr", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AttributionModel", "load_model", "tf_attr"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cell2net_attr' has no attribute {name!r}")

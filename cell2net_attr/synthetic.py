@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .architecture import Cell2NetModule, ModelSpec
+from .model.architecture import Cell2NetModule, ModelSpec
 
 
 @dataclass(frozen=True)

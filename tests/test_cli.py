@@ -101,7 +101,7 @@ def test_unknown_method_engine_mode(gene0, tmp_path):
 def test_train_mode_is_seeded_and_leaves_weights_alone(gene0, tmp_path):
     import torch
 
-    from cell2net_attr.checkpoint import load_checkpoint
+    from cell2net_attr.model.checkpoint import load_checkpoint
 
     r = invoke(["run", *gene0, "--idx", "0:3", "--module-mode", "train", "-o", str(tmp_path / "x.npy")])
     assert r.exit_code == 2 and "--engine captum" in r.stderr
@@ -214,7 +214,7 @@ def test_threads_flag_and_slurm_default(gene0, tmp_path, monkeypatch):
 
 
 def test_internal_error_exit_1_and_debug_traceback(gene0, tmp_path, monkeypatch):
-    import cell2net_attr.runner as runner
+    import cell2net_attr.pipeline.run as runner
 
     def boom(*a, **k):
         raise ZeroDivisionError("synthetic failure")

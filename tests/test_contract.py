@@ -89,7 +89,7 @@ def test_upstream_style_object_is_accepted(upstream, manifest):
     """An object with upstream Cell2Net's attributes (module, mdata, covariates, device) works as is."""
     import mudata as md
 
-    from cell2net_attr.checkpoint import load_checkpoint
+    from cell2net_attr.model.checkpoint import load_checkpoint
 
     class Upstreamish:  # what cell2net.Cell2Net exposes, without importing cell2net
         pass
@@ -114,7 +114,7 @@ def test_h5_output_layout(upstream, tmp_path):
     assert result.exit_code == 0, result.output
     import h5py
 
-    from cell2net_attr.checkpoint import file_sha256
+    from cell2net_attr.model.checkpoint import file_sha256
 
     with h5py.File(out) as f:
         assert f["attributions"].shape == (2, 7) and f["attributions"].dtype == np.float32

@@ -936,7 +936,7 @@ def test_disk_full_npy_on_flush(case, monkeypatch):
 
 
 def test_disk_full_on_rename(case, monkeypatch):
-    import cell2net_attr.writers as writers
+    import cell2net_attr.io.writers as writers
 
     monkeypatch.setattr(writers.os, "replace", _enospc)
     run_case(case, "--n-steps", "4", mention=[str(case.target), "disk full"])
@@ -981,7 +981,7 @@ def test_keyboard_interrupt_mid_run_leaves_nothing(case, monkeypatch):
 def test_sigint_real_process_leaves_nothing(case):
     """SIGINT a real run while it writes: exit 130, nothing at the output path, only the hidden
     resumable partial beside it, inputs unchanged."""
-    slow = ("import sys, time, cell2net_attr.writers as w\n"
+    slow = ("import sys, time, cell2net_attr.io.writers as w\n"
             "orig = w.H5Writer.write\n"
             "def write(self, *a):\n"
             "    orig(self, *a)\n"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cell2net_attr import plots, tables
+from cell2net_attr.downstream import activity, plots, summary
 from cell2net_attr.cli import app
 
 from .test_tables import write_attr, write_h5mu
@@ -35,14 +35,14 @@ def small(tmp_path_factory):
     return d
 
 
-def big_summary(n_tfs=300, groups=("B cells", "CD14 Monocytes", "NK", "CD4 T", "CD8 T", "pDC")) -> tables.Summary:
+def big_summary(n_tfs=300, groups=("B cells", "CD14 Monocytes", "NK", "CD4 T", "CD8 T", "pDC")) -> summary.Summary:
     rng = np.random.default_rng(2)
     tfs = [f"{p}{i}" for i, p in zip(range(n_tfs), np.resize(["ZNF", "NKX2-", "FOXP", "CEBPA_", "TCF7L"], n_tfs))]
     rows = [(t, "G", g, v, abs(v), 40, f) for g in groups
             for t, v, f in zip(tfs, rng.normal(size=n_tfs), rng.random(n_tfs))]
     table = pd.DataFrame(rows, columns=["tf", "gene", "celltype", "mean_attr", "std_attr", "n_cells", "frac_pos"])
     table["celltype"] = pd.Categorical(table["celltype"], categories=list(groups))
-    return tables.Summary(table, "celltype", ["G"])
+    return summary.Summary(table, "celltype", ["G"])
 
 
 def test_formats_are_written(small):
@@ -66,8 +66,8 @@ def test_from_attribution_files_with_top(small):
     from matplotlib.image import imread
 
     assert imread(out).shape[2] in (3, 4)
-    s = tables.summarize([small / "GENE_A.h5", small / "GENE_B.h5"], small / "data.h5mu", "celltype")
-    best = tables.top_variable_tfs(tables.activity_matrix(s), 1, 0.5)
+    s = summary.summarize([small / "GENE_A.h5", small / "GENE_B.h5"], small / "data.h5mu", "celltype")
+    best = activity.top_variable_tfs(activity.activity_matrix(s), 1, 0.5)
     n = len(set(best.to_numpy().ravel()))
     assert f"heatmap of {n} TFs x 3 group(s)" in r.stderr
 
@@ -84,11 +84,11 @@ def _label_boxes(fig, axis="y"):
 @pytest.mark.parametrize("kind", ["dotplot", "heatmap"])
 def test_300_tf_labels_are_all_shown_and_do_not_overlap(kind):
     summary = big_summary()
-    mean, frac = tables.pooled_matrices(summary)
+    mean, frac = activity.pooled_matrices(summary)
     if kind == "dotplot":
         fig = plots.dotplot(mean, frac, "G: TF attribution by celltype", xlabel="celltype")
     else:
-        fig = plots.heatmap(tables.activity_matrix(summary), "G: TF activity by celltype", xlabel="celltype")
+        fig = plots.heatmap(activity.activity_matrix(summary), "G: TF activity by celltype", xlabel="celltype")
     fig.set_dpi(72)
     labels, boxes = _label_boxes(fig)
     assert [lab.get_text() for lab in labels] == list(mean.index)  # every TF labelled, in order

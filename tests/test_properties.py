@@ -13,11 +13,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cell2net_attr.checkpoint import load_checkpoint
-from cell2net_attr.data import load_gene_data, open_store
-from cell2net_attr.engine import IGParams, make_engine
+from cell2net_attr.model.checkpoint import load_checkpoint
+from cell2net_attr.data.gene_view import load_gene_data, open_store
+from cell2net_attr.engines.base import IGParams, make_engine
 from cell2net_attr.errors import UserError
-from cell2net_attr.selection import read_tokens, resolve_idx, resolve_tokens
+from cell2net_attr.data.selection import read_tokens, resolve_idx, resolve_tokens
 
 from .conftest import COVARIATES, sha256_tree
 

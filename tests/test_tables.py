@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cell2net_attr import tables
+from cell2net_attr.downstream import activity, groups, inputs, summary, tables_io
+from cell2net_attr.io import reader
 from cell2net_attr.cli import app
 from cell2net_attr.errors import UserError
 
@@ -112,7 +113,7 @@ def assert_same(got: pd.DataFrame, ref: pd.DataFrame):
 
 
 def test_summary_by_category_matches_pandas(atlas):
-    s = tables.summarize([atlas["genes"][g][0] for g in ("GB", "GA", "GC")], atlas["data"], "celltype")
+    s = summary.summarize([atlas["genes"][g][0] for g in ("GB", "GA", "GC")], atlas["data"], "celltype")
     refs = [reference(v, c, t, g, atlas["obs"]["celltype"].astype(object), "celltype", order=GROUPS)
             for g, (_, c, t, v) in ((g, atlas["genes"][g]) for g in ("GB", "GA", "GC"))]
     assert_same(s.table, pd.concat(refs, ignore_index=True))
@@ -133,7 +134,7 @@ def test_summary_by_category_matches_pandas(atlas):
 def test_summary_agrees_with_float32_numpy_as_upstream(atlas):
     """Upstream takes np.mean / np.std of the float32 block; we sum in float64: equal to float32 precision."""
     path, cells, tfs, values = atlas["genes"]["GB"]
-    s = tables.summarize([path], atlas["data"], "celltype").table
+    s = summary.summarize([path], atlas["data"], "celltype").table
     labels = atlas["obs"]["celltype"].loc[cells].to_numpy()
     for group in ("T", "B", "NK"):
         block = values[labels == group]
@@ -143,7 +144,7 @@ def test_summary_agrees_with_float32_numpy_as_upstream(atlas):
 
 
 def test_string_column_sorted_and_none_excluded(atlas):
-    s = tables.summarize([atlas["genes"]["GB"][0]], atlas["data"], "label", n_tfs=3)
+    s = summary.summarize([atlas["genes"]["GB"][0]], atlas["data"], "label", n_tfs=3)
     _, cells, tfs, values = atlas["genes"]["GB"]
     ref = reference(values, cells, tfs, "GB", atlas["obs"]["label"], "label", n_tfs=3,
                     order=["alpha", "mid", "zeta"])
@@ -154,7 +155,7 @@ def test_string_column_sorted_and_none_excluded(atlas):
 
 def test_whole_population_and_top(atlas):
     path, cells, tfs, values = atlas["genes"]["GC"]
-    s = tables.summarize([path], n_tfs=2)
+    s = summary.summarize([path], n_tfs=2)
     assert list(s.table.columns) == ["tf", "gene", "mean_attr", "std_attr", "n_cells", "frac_pos"]
     mean = values.astype(np.float64).mean(0)
     top = np.argsort(-mean)[:2]
@@ -167,17 +168,17 @@ def test_ties_keep_file_order(tmp_path):
     tfs = ["A", "B", "C", "D", "E"]
     values = np.array([[1, 3, 3, 0, 3], [1, 3, 3, 0, 3]], dtype=np.float32)
     path = write_attr(tmp_path / "g.h5", "G", ["x", "y"], tfs, values)
-    s = tables.summarize([path], n_tfs=3)
+    s = summary.summarize([path], n_tfs=3)
     assert list(s.table["tf"]) == ["B", "C", "E"]
-    assert list(tables.summarize([path]).table["tf"]) == tfs  # without --top: file order
+    assert list(summary.summarize([path]).table["tf"]) == tfs  # without --top: file order
 
 
 def test_groups_from_numbers_nullable_and_mixed():
-    g = tables.groups_from_values("k", ["a", "b", "c", "d"], pd.array([10, None, 2, 10], dtype="Int64"))
+    g = groups.groups_from_values("k", ["a", "b", "c", "d"], pd.array([10, None, 2, 10], dtype="Int64"))
     assert g.order == [2, 10] and list(g.codes) == [1, -1, 0, 1]
-    g = tables.groups_from_values("k", ["a", "b", "c"], np.array([1.5, np.nan, 0.5]))
+    g = groups.groups_from_values("k", ["a", "b", "c"], np.array([1.5, np.nan, 0.5]))
     assert g.order == [0.5, 1.5] and list(g.codes) == [1, -1, 0]
-    g = tables.groups_from_values("k", ["a", "b", "c"], np.array(["b", 3, None], dtype=object))
+    g = groups.groups_from_values("k", ["a", "b", "c"], np.array(["b", 3, None], dtype=object))
     assert g.order == [3, "b"] and list(g.codes) == [1, 0, -1]
 
 
@@ -186,14 +187,14 @@ def test_cells_matched_by_name_not_position(tmp_path):
     data = write_h5mu(tmp_path / "d.h5mu", obs)
     # rows in another order than obs: c3 (y), c0 (x), c1 (y)
     path = write_attr(tmp_path / "g.h5", "G", ["c3", "c0", "c1"], ["T1"], [[5.0], [1.0], [3.0]])
-    t = tables.summarize([path], data, "grp").table
+    t = summary.summarize([path], data, "grp").table
     assert list(t["mean_attr"]) == [1.0, 4.0] and list(t["std_attr"]) == [0.0, 1.0]
 
 
 def test_activity_and_top_variable_tfs_match_pandas(atlas):
     files = [atlas["genes"][g][0] for g in ("GB", "GA", "GC")]
-    s = tables.summarize(files, atlas["data"], "celltype")
-    act = tables.activity_matrix(s)
+    s = summary.summarize(files, atlas["data"], "celltype")
+    act = activity.activity_matrix(s)
     ref = s.table.assign(celltype=s.table["celltype"].astype(str)).pivot_table(
         index="tf", columns="celltype", values="mean_attr", aggfunc="sum", fill_value=0.0)
     ref = ref.loc[list(pd.unique(s.table["tf"])), ["T", "B", "NK", "Mono"]]
@@ -201,7 +202,7 @@ def test_activity_and_top_variable_tfs_match_pandas(atlas):
     assert list(act.index) == list(ref.index) and list(act.columns) == list(ref.columns)
 
     for n_top, cutoff in ((3, 0.5), (2, 1.0), (5, 0.3)):
-        got = tables.top_variable_tfs(act, n_top, cutoff)
+        got = activity.top_variable_tfs(act, n_top, cutoff)
         # upstream's definition, written with pandas
         var = act.var(axis=1).sort_values(ascending=False, kind="stable")
         kept = act.loc[var.index[: int(len(act) * cutoff)]]
@@ -215,22 +216,22 @@ def test_activity_and_top_variable_tfs_match_pandas(atlas):
 
 def test_limit_per_gene_equals_summarize_top(atlas):
     files = [atlas["genes"][g][0] for g in ("GB", "GA")]
-    full = tables.summarize(files, atlas["data"], "celltype")
-    direct = tables.summarize(files, atlas["data"], "celltype", n_tfs=2)
-    limited = tables.limit_per_gene(full, 2)
+    full = summary.summarize(files, atlas["data"], "celltype")
+    direct = summary.summarize(files, atlas["data"], "celltype", n_tfs=2)
+    limited = summary.limit_per_gene(full, 2)
     pd.testing.assert_frame_equal(limited.table, direct.table)
 
 
 def test_table_round_trip(atlas, tmp_path):
     files = [atlas["genes"][g][0] for g in ("GB", "GA", "GC")]
-    s = tables.summarize(files, atlas["data"], "celltype")
+    s = summary.summarize(files, atlas["data"], "celltype")
     out = tmp_path / "s.csv.gz"
-    tables.write_table(s.table, out)
-    back = tables.read_summary([out])
+    tables_io.write_table(s.table, out)
+    back = tables_io.read_summary([out])
     assert back.groupby == "celltype" and back.genes == ["GB", "GA", "GC"]
-    np.testing.assert_allclose(tables.activity_matrix(back).to_numpy(), tables.activity_matrix(s).to_numpy(),
+    np.testing.assert_allclose(activity.activity_matrix(back).to_numpy(), activity.activity_matrix(s).to_numpy(),
                                rtol=1e-7)
-    assert list(tables.activity_matrix(back).columns) == ["T", "B", "NK", "Mono"]
+    assert list(activity.activity_matrix(back).columns) == ["T", "B", "NK", "Mono"]
 
 
 # ------------------------------------------------------------------------------------------ the commands
@@ -327,7 +328,7 @@ def test_bad_attribution_files(tmp_path):
     for path, message in ((nan, "is nan"), (dup, "'a' appears more than once"), (tmp_path / "shape.h5", "shape"),
                           (tmp_path / "text.h5", "not a readable HDF5")):
         with pytest.raises(UserError, match=message):
-            tables.read_attributions(path)
+            reader.read_attributions(path)
 
 
 def test_real_run_outputs_on_upstream_fixture(upstream, tmp_path):
@@ -365,6 +366,6 @@ def test_anndata_attribution_file_reads_as_hdf5(atlas, tmp_path):
     adata = ad.AnnData(X=values, obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=pd.Index(tfs, name="tf")),
                        uns={"cell2net_attr": {"gene": "GA", "n_steps": 100}})
     adata.write_h5ad(tmp_path / "GA.h5ad")
-    got = tables.summarize([tmp_path / "GA.h5ad"], atlas["data"], "celltype").table
-    pd.testing.assert_frame_equal(got, tables.summarize([path], atlas["data"], "celltype").table)
-    assert tables.collect_attribution_files([str(tmp_path)]) == [tmp_path / "GA.h5ad"]
+    got = summary.summarize([tmp_path / "GA.h5ad"], atlas["data"], "celltype").table
+    pd.testing.assert_frame_equal(got, summary.summarize([path], atlas["data"], "celltype").table)
+    assert inputs.collect_attribution_files([str(tmp_path)]) == [tmp_path / "GA.h5ad"]

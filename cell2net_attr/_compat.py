@@ -1,0 +1,65 @@
+"""The one home of imports from other packages' private or version-dependent modules.
+
+Each helper names what it needs, imports it lazily (so that light commands stay light) and turns a
+missing module into a clear error instead of an ``ImportError`` deep inside a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
+    """captum's integration nodes ``alphas`` in [0, 1] and weights ``steps`` for ``method``.
+
+    The fast engines use captum's own quadrature so that they integrate exactly as the reference does.
+    """
+    try:
+        from captum.attr._utils.approximation_methods import approximation_parameters
+    except ImportError as exc:  # captum moved its private module: fail loudly, never integrate differently
+        raise RuntimeError(f"this captum ({_version('captum')}) has no approximation_parameters; "
+                           f"install captum>=0.7,<1") from exc
+    step_fn, alpha_fn = approximation_parameters(method)
+    return list(alpha_fn(n_steps)), list(step_fn(n_steps))
+
+
+def read_elem(elem: Any) -> Any:
+    """anndata's reader of one on-disk element (``anndata.io`` from 0.11, ``anndata.experimental`` before)."""
+    return _anndata("read_elem")(elem)
+
+
+def write_elem(group: Any, key: str, value: Any) -> None:
+    """anndata's writer of one element into an open HDF5 group."""
+    _anndata("write_elem")(group, key, value)
+
+
+def sparse_dataset(group: Any) -> Any:
+    """anndata's backed sparse matrix over an HDF5 group."""
+    return _anndata("sparse_dataset")(group)
+
+
+def anndata_read_errors() -> tuple[type[Exception], ...]:
+    """anndata's error for an element it has no reader for (a corrupt or foreign encoding attribute)."""
+    try:
+        from anndata._io.specs.registry import IORegistryError
+    except ImportError:  # a future anndata moved it; its errors then count as internal
+        return ()
+    return (IORegistryError,)
+
+
+def _anndata(name: str) -> Callable:
+    try:
+        import anndata.io as module
+    except ImportError:  # anndata < 0.11
+        import anndata.experimental as module
+    return getattr(module, name)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"

@@ -1,0 +1,306 @@
+"""The one I/O layer for MuData: paths into an ``.h5mu`` file, or into an in-memory MuData.
+
+Both stores answer the same questions with the on-disk path names of the MuData format
+(``obs``, ``uns/peak_to_gene``, ``mod/atac/layers/counts``, ...), so the per-gene view in
+:mod:`cell2net_attr.data` is written once. The HDF5 store reads only what it is asked for:
+small elements whole, matrices by rows, so a large file is never loaded whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._compat import anndata_read_errors, read_elem, sparse_dataset
+from ..errors import UserError
+
+#: What reading a damaged or foreign file raises (reported as a bad file, not as a bug).
+_READ_ERRORS = (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError, NotImplementedError,
+                AttributeError, *anndata_read_errors())
+
+
+class CellNames:
+    """The cells' names (an obs index) without holding them: length, slices and rows are read on
+    demand; the whole index only when a lookup by name needs it, and then kept."""
+
+    def __init__(self, length: int, read_slice, read_all) -> None:
+        self._length, self._read_slice, self._read_all = length, read_slice, read_all
+        self._index: pd.Index | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def index(self) -> pd.Index:
+        """All names as a pandas Index (read once)."""
+        if self._index is None:
+            self._index = self._read_all()
+        return self._index
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Names of rows ``start:stop``."""
+        if self._index is not None:
+            return self._index[start:stop].to_numpy()
+        return self._read_slice(start, stop)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Names of ``rows``, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._index is not None or not len(rows):
+            return self.index.to_numpy()[rows]
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 4 * len(rows):  # dense enough: one slice
+            return self.slice(lo, hi)[rows - lo]
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return self._read_slice(uniq, None)[inverse]
+
+
+class H5Store:
+    """Read-only access to an ``.h5mu`` file through h5py and anndata's element readers."""
+
+    def __init__(self, path: str | Path, locking: bool | None = None) -> None:
+        self.path = Path(path)
+        self.source = str(path)
+        self._cache: dict = {}
+        if not self.path.exists():
+            raise UserError("data file not found", path)
+        if self.path.is_dir():
+            raise UserError("data path is a directory, expected an .h5mu file", path)
+        try:
+            self._file = h5py.File(self.path, "r", locking=locking)
+        except OSError as exc:
+            raise UserError(f"not a readable HDF5 file ({_first_line(exc)})", path) from None
+        encoding = self._file.attrs.get("encoding-type", "")
+        if "mod" not in self._file or (encoding and str(encoding).lower() != "mudata"):
+            raise UserError("HDF5 file is not MuData (.h5mu): no 'mod' group", path)
+
+    def close(self) -> None:
+        """Close the file handle."""
+        self._file.close()
+
+    def has(self, key: str) -> bool:
+        """Whether the element exists."""
+        try:
+            return key in self._file
+        except (KeyError, OSError, RuntimeError):
+            return False
+
+    def read(self, key: str) -> Any:
+        """Read a small element whole (DataFrame, array, string list); memoised, as the same
+        tables (``peak_to_gene``, ``gene_tf``) serve every gene of a run."""
+        if key not in self._cache:
+            self._cache[key] = self._guard(key, lambda: read_elem(self._file[key]))
+        return self._cache[key]
+
+    def _index_dataset(self, key: str):
+        group = self._file[key]
+        return group[group.attrs["_index"]]
+
+    def cell_names(self, key: str) -> CellNames:
+        """The index of ``key`` read on demand (vlen-string indexes; others are read whole)."""
+        ds = self._guard(key, lambda: self._index_dataset(key))
+        well_formed = (ds.dtype.kind == "O" and ds.ndim == 1 and ds.attrs.get("encoding-type") == "string-array"
+                       and bool(ds.attrs.get("encoding-version")))
+        if not well_formed:  # anything unusual goes through anndata's strict reader
+            whole = self.index(key)
+            return CellNames(len(whole), lambda a, b: whole.to_numpy()[a if b is None else slice(a, b)],
+                             lambda: whole)
+
+        def read(a, b) -> np.ndarray:
+            values = ds.asstr()[a if b is None else slice(a, b)]
+            return np.asarray(values, dtype=object)
+
+        return CellNames(ds.shape[0], lambda a, b: self._guard(key, lambda: read(a, b)),
+                         lambda: self.index(key, cache=False))
+
+    def index_matches(self, key: str, names: CellNames, chunk: int = 65536) -> bool:
+        """Whether a dataframe's index equals ``names``, compared slice by slice (bounded memory)."""
+        def _compare() -> bool:
+            ds = self._index_dataset(key)
+            if ds.shape != (len(names),) or ds.dtype.kind != "O":
+                return False
+            for a in range(0, len(names), chunk):
+                if not np.array_equal(ds.asstr()[a : a + chunk], names.slice(a, a + chunk)):
+                    return False
+            return True
+
+        return self._guard(key, _compare)
+
+    def index(self, key: str, cache: bool = True) -> pd.Index:
+        """The index of a dataframe element (``obs``, ``mod/rna/var``...), memoised unless ``cache``
+        is false (an index read once)."""
+        if ("index", key) in self._cache:
+            return self._cache[("index", key)]
+
+        def _read() -> pd.Index:
+            group = self._file[key]
+            name = group.attrs["_index"]
+            values = np.asarray(read_elem(group[name]))
+            if values.dtype != object or not all(isinstance(v, str) for v in values):
+                values = values.astype(str)  # bytes or numbers: normalise (object str arrays need no copy)
+            return pd.Index(values, dtype=object)
+
+        index = self._guard(key, _read)
+        if cache:
+            self._cache[("index", key)] = index
+        return index
+
+    def column(self, key: str, name: str) -> Any:
+        """One column of a dataframe element, as a pandas Series-like array."""
+        return self._guard(f"{key}/{name}", lambda: read_elem(self._file[key][name]))
+
+    def columns(self, key: str) -> list[str]:
+        """Column names of a dataframe element."""
+        order = self._guard(key, lambda: self._file[key].attrs.get("column-order", []))
+        return [str(c) for c in np.atleast_1d(order)]
+
+    def shape(self, key: str) -> tuple[int, int]:
+        """Shape of a matrix element (sparse group or dense dataset)."""
+        def _shape() -> tuple[int, int]:
+            elem = self._file[key]
+            shape = elem.attrs["shape"] if isinstance(elem, h5py.Group) else elem.shape
+            return tuple(int(x) for x in shape)  # type: ignore[return-value]
+
+        return self._guard(key, _shape)
+
+    def rows(self, key: str, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+        """Dense float32 block of ``rows`` (in the given order) and ``cols`` of a matrix."""
+        def _read() -> np.ndarray:
+            elem = self._file[key]
+            order = np.argsort(rows, kind="stable")
+            sorted_rows = rows[order]
+            if isinstance(elem, h5py.Group):
+                block = _take_rows(sparse_dataset(elem), sorted_rows)
+                if sp.issparse(block):
+                    _check_sparse(block)
+                block = block[:, cols] if cols is not None else block
+                block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            else:
+                block = _take_rows(elem, sorted_rows)
+                block = block[:, cols] if cols is not None else block
+            out = np.empty((len(rows), block.shape[1]), dtype=np.float32)
+            out[order] = block
+            return out
+
+        return self._guard(key, _read)
+
+    def _guard(self, key: str, fn):
+        try:
+            return fn()
+        except UserError:
+            raise
+        except _READ_ERRORS as exc:
+            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from None
+
+
+def _check_sparse(block) -> None:
+    """A corrupt indptr/indices makes scipy's C code read out of bounds (a crash): refuse it first."""
+    block.check_format(full_check=True)  # index bounds, but only when the (possibly corrupt) nnz > 0
+    ptr = np.asarray(block.indptr, dtype=np.int64)
+    if ptr[0] != 0 or ptr[-1] != len(block.indices) or (len(ptr) > 1 and np.diff(ptr).min() < 0):
+        raise ValueError("inconsistent sparse matrix: indptr is not a non-decreasing 0..nnz sequence")
+
+
+def _take_rows(matrix, sorted_rows: np.ndarray):
+    """Rows of an h5py dataset or backed sparse matrix; a contiguous run is read as a slice."""
+    if len(sorted_rows) and sorted_rows[-1] - sorted_rows[0] + 1 == len(sorted_rows):
+        return matrix[int(sorted_rows[0]) : int(sorted_rows[-1]) + 1]
+    unique, inverse = np.unique(sorted_rows, return_inverse=True)
+    return matrix[unique][inverse]
+
+
+class MemoryStore:
+    """The same questions answered from an in-memory ``MuData`` (an upstream model's ``.mdata``)."""
+
+    def __init__(self, mdata: Any, source: str = "<in-memory MuData>") -> None:
+        self.mdata = mdata
+        self.source = source
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def _resolve(self, key: str) -> Any:
+        parts = key.split("/")
+        obj: Any = self.mdata
+        i = 0
+        while i < len(parts):
+            part = parts[i]
+            if part == "mod":
+                obj = obj.mod[parts[i + 1]]
+                i += 2
+                continue
+            if part in ("obs", "var"):
+                obj = getattr(obj, part)
+            elif part in ("uns", "layers", "obsm"):
+                obj = getattr(obj, part)[parts[i + 1]]
+                i += 1
+            else:
+                obj = obj[part]
+            i += 1
+        return obj
+
+    def has(self, key: str) -> bool:
+        """Whether the element exists."""
+        try:
+            self._resolve(key)
+            return True
+        except (KeyError, AttributeError, IndexError, TypeError):
+            return False
+
+    def read(self, key: str) -> Any:
+        """The element itself."""
+        return self._guard(key, lambda: self._resolve(key))
+
+    def index(self, key: str, cache: bool = True) -> pd.Index:
+        """Index of a dataframe element."""
+        return self._guard(key, lambda: pd.Index(self._resolve(key).index.astype(str)))
+
+    def cell_names(self, key: str) -> CellNames:
+        """The index of ``key`` (already in memory)."""
+        whole = self.index(key)
+        return CellNames(len(whole), lambda a, b: whole.to_numpy()[a if b is None else slice(a, b)], lambda: whole)
+
+    def index_matches(self, key: str, names: CellNames) -> bool:
+        """Whether a dataframe's index equals ``names``."""
+        return self.index(key).equals(names.index)
+
+    def column(self, key: str, name: str) -> Any:
+        """One dataframe column."""
+        return self._guard(f"{key}/{name}", lambda: self._resolve(key)[name])
+
+    def columns(self, key: str) -> list[str]:
+        """Column names of a dataframe element."""
+        return self._guard(key, lambda: [str(c) for c in self._resolve(key).columns])
+
+    def shape(self, key: str) -> tuple[int, int]:
+        """Matrix shape."""
+        return self._guard(key, lambda: tuple(int(x) for x in self._resolve(key).shape))
+
+    def rows(self, key: str, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
+        """Dense float32 block of ``rows`` and ``cols``."""
+        def _read() -> np.ndarray:
+            block = self._resolve(key)[rows]
+            block = block[:, cols] if cols is not None else block
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
+            return block.astype(np.float32, copy=False)
+
+        return self._guard(key, _read)
+
+    def _guard(self, key: str, fn):
+        try:
+            return fn()
+        except (KeyError, AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from None
+
+
+Store = H5Store | MemoryStore
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -1,0 +1,101 @@
+"""TF activity per group (sum of mean attributions over genes) and upstream's ``get_top_tfs``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+from .summary import Summary, check_top, top_order
+
+
+def _group_column(summary: Summary) -> tuple[pd.Series, list]:
+    if summary.groupby is None:
+        return pd.Series(["all cells"] * len(summary.table), index=summary.table.index), ["all cells"]
+    col = summary.table[summary.groupby]
+    cats = list(col.cat.categories)
+    present = set(col.dropna().unique())
+    return col, [c for c in cats if c in present]
+
+
+def _tf_order(table: pd.DataFrame) -> list[str]:
+    return list(pd.unique(table["tf"]))
+
+
+def activity_matrix(summary: Summary) -> pd.DataFrame:
+    """TF x group: the sum of ``mean_attr`` over genes (0 where no gene's table has the TF).
+
+    TFs in order of first appearance, groups in the summary's group order.
+    """
+    col, groups = _group_column(summary)
+    frame = pd.DataFrame({"tf": summary.table["tf"].to_numpy(), "group": np.asarray(col, dtype=object),
+                          "v": summary.table["mean_attr"].to_numpy(dtype=np.float64)})
+    sums = frame.groupby(["tf", "group"], sort=False)["v"].sum().unstack("group")
+    matrix = sums.reindex(index=_tf_order(summary.table), columns=groups).fillna(0.0)
+    matrix.index.name, matrix.columns.name = "tf", summary.groupby
+    return matrix
+
+
+def pooled_matrices(summary: Summary) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """TF x group mean attribution and fraction of positive attributions, pooled over the cells of all genes
+    whose table has the TF (weighted by ``n_cells``; equal to the gene's own values for one gene). NaN where
+    no gene has the TF for that group. Needs ``n_cells`` and ``frac_pos`` (tables from ``summarize``)."""
+    lacking = [c for c in ("n_cells", "frac_pos") if c not in summary.table.columns]
+    if lacking:
+        raise UserError(f"the dotplot needs the {lacking[0]!r} column that cell2net-attr summarize writes", "TABLE")
+    col, groups = _group_column(summary)
+    n = summary.table["n_cells"].to_numpy(dtype=np.float64)
+    frame = pd.DataFrame({"tf": summary.table["tf"].to_numpy(), "group": np.asarray(col, dtype=object), "n": n,
+                          "s": summary.table["mean_attr"].to_numpy(dtype=np.float64) * n,
+                          "p": summary.table["frac_pos"].to_numpy(dtype=np.float64) * n})
+    sums = frame.groupby(["tf", "group"], sort=False)[["n", "s", "p"]].sum()
+    index, columns = _tf_order(summary.table), groups
+    mean = (sums["s"] / sums["n"]).unstack("group").reindex(index=index, columns=columns)
+    frac = (sums["p"] / sums["n"]).unstack("group").reindex(index=index, columns=columns)
+    for m in (mean, frac):
+        m.index.name, m.columns.name = "tf", summary.groupby
+    return mean, frac
+
+
+def top_variable_tfs(activity: pd.DataFrame, n_top: int = 5, var_cutoff: float = 0.5) -> pd.DataFrame:
+    """Upstream's ``get_top_tfs``: per group, the ``n_top`` TFs of highest z-score among the most variable.
+
+    Rows are ranked by variance across groups (ddof 1, ties in row order) and the first
+    ``int(len(activity) * var_cutoff)`` kept; each is z-scored across groups (ddof 1); each group lists
+    its ``n_top`` highest (ties: the more variable TF first). TFs constant across groups have no z-score
+    and are never listed. Returns one column per group, rows ranked from 1.
+    """
+    check_top(n_top, "--top")
+    if not 0 < var_cutoff <= 1:
+        raise UserError(f"must be in (0, 1], got {var_cutoff}", "--var-cutoff")
+    if activity.shape[1] < 2:
+        raise UserError(f"the variance across groups needs at least 2 groups, got {activity.shape[1]}", "--groupby")
+    keep = int(len(activity) * var_cutoff)
+    if keep < 1:
+        raise UserError(f"keeps int({len(activity)} x {var_cutoff}) = 0 TFs; raise it", "--var-cutoff")
+    values = activity.to_numpy(dtype=np.float64)
+    var = values.var(axis=1, ddof=1)
+    rows = top_order(var, keep)
+    kept = values[rows]
+    sd = kept.std(axis=1, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (kept - kept.mean(axis=1, keepdims=True)) / sd[:, None]
+    finite = np.isfinite(z).all(axis=1)
+    n = min(n_top, int(finite.sum()))
+    names = activity.index.to_numpy()[rows]
+    out = {}
+    for j, group in enumerate(activity.columns):
+        score = np.where(finite, z[:, j], -np.inf)
+        out[group] = names[top_order(score, n)]
+    table = pd.DataFrame(out, index=pd.RangeIndex(1, n + 1, name="rank"))
+    table.columns.name = activity.columns.name
+    return table
+
+
+def zscore_rows(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Each row z-scored across columns (ddof 1, as ``get_top_tfs``); constant rows become 0."""
+    values = matrix.to_numpy(dtype=np.float64)
+    sd = values.std(axis=1, ddof=1, keepdims=True) if values.shape[1] > 1 else np.zeros((len(values), 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(sd > 0, (values - values.mean(axis=1, keepdims=True)) / sd, 0.0)
+    return pd.DataFrame(z, index=matrix.index, columns=matrix.columns)

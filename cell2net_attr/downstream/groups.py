@@ -1,0 +1,87 @@
+"""Cell groups (an obs column of the data) matched to attribution files by cell name."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import UserError
+
+
+@dataclass
+class Groups:
+    """Group labels of the cells of a data file, by obs name.
+
+    ``codes[i]`` is the position in ``order`` of cell ``names[i]``'s group, ``-1`` when it is missing (NaN).
+    """
+
+    column: str
+    names: pd.Index
+    codes: np.ndarray
+    order: list
+    _last: tuple = field(default=(), repr=False)
+
+    def codes_for(self, obs_names: pd.Index, source: str | Path) -> np.ndarray:
+        """The codes of the cells ``obs_names`` (matched by name); unknown names are a :class:`UserError`."""
+        if self._last and self._last[0].equals(obs_names):  # run-many outputs share their cells
+            return self._last[1]
+        unique = ~self.names.duplicated(keep=False)
+        names = self.names if unique.all() else self.names[unique]
+        pos = names.get_indexer(obs_names)
+        if (pos < 0).any():
+            absent = obs_names[pos < 0]
+            twice = absent.intersection(self.names)
+            if len(twice):
+                raise UserError(f"cell {twice[0]!r} appears more than once in the data's obs, so it cannot be "
+                                f"matched by name", source)
+            raise UserError(f"{len(absent)} of its {len(obs_names)} cells are not in the data's obs (first: "
+                            f"{absent[0]!r}): the attributions were computed on other data", source)
+        codes = (self.codes if unique.all() else self.codes[unique])[pos]
+        self._last = (obs_names, codes)
+        return codes
+
+
+def read_groups(data: str | Path | object, column: str) -> Groups:
+    """The groups of obs column ``column`` of an ``.h5mu`` path or MuData, ordered as documented above."""
+    from ..data.gene_view import open_store
+
+    store = open_store(data)
+    try:
+        present = store.columns("obs")
+        if column not in present:
+            close = difflib.get_close_matches(column, present, n=3)
+            hint = (f" (did you mean {', '.join(map(repr, close))}?)" if close
+                    else f"; its columns: {', '.join(present[:20])}")
+            raise UserError(f"obs has no column {column!r}{hint}", "--groupby")
+        names = store.index("obs")
+        values = store.column("obs", column)
+    finally:
+        if store is not data:
+            store.close()
+    return groups_from_values(column, names, values, str(getattr(store, "source", data)))
+
+
+def groups_from_values(column: str, names: Iterable, values, source: str = "<data>") -> Groups:
+    """:class:`Groups` from labels (categorical, strings, numbers; NaN/None = missing) of the cells ``names``."""
+    names = pd.Index([str(n) for n in names])
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
+    if series.ndim != 1 or len(series) != len(names):
+        raise UserError(f"obs column {column!r} has {len(series)} values for {len(names)} cells", source)
+    missing = series.isna().to_numpy()
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        order = list(series.cat.categories)
+    else:
+        present = pd.unique(series[~missing].to_numpy(dtype=object))
+        try:
+            order = sorted(present)
+        except TypeError:  # mixed types: sort by their text
+            order = sorted(present, key=str)
+    codes = pd.Index(order, dtype=object).get_indexer(series.to_numpy(dtype=object)) if order else \
+        np.full(len(series), -1)
+    codes = np.where(missing, -1, codes).astype(np.int64)
+    return Groups(column, names, codes, order)

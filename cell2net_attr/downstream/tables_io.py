@@ -1,0 +1,122 @@
+"""Summary tables on disk: TSV/CSV (optionally gzipped) in, TSV/CSV or stdout out, written atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import UserError
+from ..io.writers import atomic_output, check_output_path
+from .summary import SUMMARY_COLUMNS, Summary
+
+#: Table suffixes (optionally followed by ``.gz``) and their separators.
+TABLE_SEPARATORS = {".tsv": "\t", ".txt": "\t", ".csv": ","}
+
+
+FLOAT_FORMAT = "%.8g"
+
+
+def read_summary(paths: Iterable[str | Path]) -> Summary:
+    """Summary tables written by ``summarize`` (TSV/CSV, possibly gzipped; ``-`` = TSV on stdin), concatenated.
+
+    The group column is the one column besides the known ones; a table without one is a whole-population
+    table. Groups keep the order in which they first appear.
+    """
+    tables, groupby, source = [], None, None
+    for path in paths:
+        this, table = _read_one_summary(path)
+        if tables and this != groupby:
+            raise UserError(f"grouped by {this!r} but {source} by {groupby!r}", path)
+        groupby, source = this, path
+        tables.append(table)
+    if not tables:
+        raise UserError("no summary tables given", "TABLE")
+    table = pd.concat(tables, ignore_index=True)
+    if groupby is not None:
+        table[groupby] = pd.Categorical(table[groupby], categories=list(pd.unique(table[groupby])))
+    return Summary(table, groupby, list(pd.unique(table["gene"])))
+
+
+def _read_one_summary(path: str | Path) -> tuple[str | None, pd.DataFrame]:
+    if str(path) == "-":
+        source, sep = io.StringIO(sys.stdin.read()), "\t"
+    else:
+        source = Path(path)
+        if not source.is_file():
+            raise UserError("summary table not found" if not source.exists() else "not a file", path)
+        sep = table_separator(source)
+    try:
+        head = pd.read_csv(source, sep=sep, nrows=0)
+        cols = [str(c) for c in head.columns]
+        lacking = [c for c in ("tf", "gene", "mean_attr") if c not in cols]
+        if lacking:
+            raise UserError(f"not a summary table: no {lacking[0]!r} column", path)
+        extra = [c for c in cols if c not in SUMMARY_COLUMNS]
+        if len(extra) > 1:
+            raise UserError(f"cannot tell the group column among {extra}", path)
+        if isinstance(source, io.StringIO):
+            source.seek(0)
+        text = {c: str for c in ("tf", "gene", *extra)}
+        numbers = {c: ["", "nan", "NaN"] for c in SUMMARY_COLUMNS[2:]}
+        table = pd.read_csv(source, sep=sep, dtype=text, keep_default_na=False, na_values=numbers)
+    except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:  # pandas' parser errors are ValueErrors
+        raise UserError(f"cannot read table ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+    for c in (c for c in SUMMARY_COLUMNS[2:] if c in table.columns):
+        if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any():
+            raise UserError(f"column {c!r} holds a value that is not a number", path)
+    return (extra[0] if extra else None), table
+
+
+def is_table(path: str | Path) -> bool:
+    """Whether a path names a TSV/CSV table (by its suffix, ``.gz`` allowed)."""
+    p = Path(str(path))
+    suffixes = [s.lower() for s in p.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in TABLE_SEPARATORS
+
+
+def table_separator(path: str | Path) -> str:
+    """The separator a table path's suffix names; ``-`` (stdout) is TSV."""
+    if str(path) == "-":
+        return "\t"
+    p = Path(str(path))
+    suffixes = [s.lower() for s in p.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in TABLE_SEPARATORS:
+        raise UserError(f"unknown table format {p.suffix!r}: use .tsv, .csv (optionally .gz) or - for stdout", path)
+    return TABLE_SEPARATORS[suffixes[-1]]
+
+
+def check_table_output(out: str | Path, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+    """Validate a table output path (``-`` = stdout) before any work."""
+    if str(out) == "-":
+        return
+    table_separator(out)
+    check_output_path(Path(out), overwrite, inputs)
+
+
+def write_table(table: pd.DataFrame, out: str | Path, index: bool = False) -> None:
+    """Write ``table`` as TSV/CSV by the suffix of ``out`` (``.gz`` compresses), atomically; ``-`` = stdout."""
+    sep = table_separator(out)
+    if str(out) == "-":
+        try:
+            table.to_csv(sys.stdout, sep=sep, index=index, float_format=FLOAT_FORMAT, lineterminator="\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+        return
+    out = Path(out)
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, sep=sep, index=index, float_format=FLOAT_FORMAT, lineterminator="\n",
+                     compression="gzip" if out.suffix.lower() == ".gz" else None)

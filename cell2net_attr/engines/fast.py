@@ -1,0 +1,108 @@
+"""The fast engine: IG where only the head sees the path.
+
+Along the IG path only the TF expression moves, and it enters the model at the head's
+first Linear layer. So the sequence encoder runs once per gene (eval-mode normalisation
+is per sample), the accessibility merge and attention once per cell, and the first
+Linear once per cell: its pre-activation along the path is ``a + alpha * u`` with
+``a = W x(tf=0) + b`` and ``u = W_tf tf``. Only the rest of the head is evaluated at
+the ``n_steps`` points, and its gradient with respect to the pre-activation, pulled back
+through ``W_tf``, is the gradient captum integrates. The quadrature nodes and weights are
+captum's own.
+
+``method="exact"``: for a head ReLU -> BatchNorm(eval) -> Dropout(eval) -> Linear the
+gradient along the path is piecewise constant, so the integral is exact in closed form:
+hidden unit ``j`` contributes for the fraction of [0, 1] on which ``a_j + alpha u_j > 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._compat import quadrature
+from ..errors import UserError
+from ..model.architecture import Cell2NetModule
+from .base import IGParams
+
+
+class FastEngine:
+    """Structured IG for a :class:`Cell2NetModule` in eval mode."""
+
+    name = "fast"
+
+    def __init__(self, module: nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor,
+                 params: IGParams) -> None:
+        if not isinstance(module, Cell2NetModule):
+            raise UserError(f"the fast engine needs a Cell2Net module, got {type(module).__name__}", "--engine")
+        self.module = module.eval()
+        self.params = params
+        first = module.fc[0]
+        if not isinstance(first, nn.Linear):
+            raise UserError("the head does not start with a Linear layer", "--engine")
+        self.first = first
+        self.rest = module.fc[1:]
+        self.w_tf = first.weight[:, module.tf_slice()].detach()  # (H, T)
+        with torch.no_grad():
+            self.seq_embd = module.encode_sequences(peak_seq.unsqueeze(0))  # (1, P, F*L')
+        self.peak_dist = peak_dist.unsqueeze(0)
+        device, dtype = peak_dist.device, self.w_tf.dtype
+        if params.method == "exact":
+            self._bn_scale = _exact_head_scale(self.rest)
+        else:
+            alphas, steps = quadrature(params.method, params.n_steps)
+            self.alphas = torch.tensor(alphas, dtype=dtype, device=device)
+            self.steps = torch.tensor(steps, dtype=dtype, device=device)
+
+    @torch.no_grad()
+    def _path(self, peak_acc: torch.Tensor, tf_exp: torch.Tensor, covariates: torch.Tensor):
+        """Pre-activation of the head at the baseline (``a``) and its direction (``u``)."""
+        b = peak_acc.shape[0]
+        peaks = self.module.encode_peaks(self.seq_embd.expand(b, -1, -1), peak_acc)
+        x0 = self.module.head_input(peaks, self.peak_dist.expand(b, -1), torch.zeros_like(tf_exp), covariates)
+        return self.first(x0), tf_exp @ self.w_tf.T
+
+    def _integrated_grad(self, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Integral over the path of d output / d pre-activation, (B, H)."""
+        if self.params.method == "exact":
+            return self._bn_scale * _active_fraction(a, u)
+        b, h = a.shape
+        points = (a.unsqueeze(1) + self.alphas.view(1, -1, 1) * u.unsqueeze(1)).reshape(-1, h)
+        points.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.rest(points).sum(), points)
+        return (grad.view(b, -1, h) * self.steps.view(1, -1, 1)).sum(dim=1)
+
+    def attribute(self, peak_acc: torch.Tensor, tf_exp: torch.Tensor, covariates: torch.Tensor):
+        """Attributions for one batch, and the convergence delta when asked."""
+        a, u = self._path(peak_acc, tf_exp, covariates)
+        grads = self._integrated_grad(a, u) @ self.w_tf  # (B, T): integrated d output / d tf
+        attr = grads * tf_exp if self.params.multiply_by_inputs else grads
+        delta = None
+        if self.params.return_delta:
+            with torch.no_grad():
+                delta = attr.sum(dim=1) - (self.rest(a + u) - self.rest(a))[:, 0]
+        return attr.detach(), delta
+
+
+def _exact_head_scale(rest: nn.Sequential) -> torch.Tensor:
+    """d output / d ReLU output for a ReLU -> BatchNorm1d -> Dropout -> Linear(H, 1) head in eval."""
+    kinds = [type(m) for m in rest]
+    if kinds != [nn.ReLU, nn.BatchNorm1d, nn.Dropout, nn.Linear] or rest[3].out_features != 1:
+        names = " -> ".join(k.__name__ for k in kinds)
+        raise UserError(f"the exact method needs a ReLU -> BatchNorm1d -> Dropout -> Linear(., 1) head, "
+                        f"this one is {names}", "--method")
+    bn, out = rest[1], rest[3]
+    if bn.training or not bn.track_running_stats or bn.running_var is None:
+        raise UserError("the exact method needs BatchNorm with running statistics, in eval mode", "--method")
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    return (scale * out.weight[0]).detach().unsqueeze(0)  # (1, H)
+
+
+def _active_fraction(a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Measure of {alpha in [0, 1] : a + alpha * u > 0}, elementwise."""
+    safe_u = torch.where(u == 0, torch.ones_like(u), u)
+    root = (-a / safe_u).clamp(0.0, 1.0)
+    frac = torch.where(u > 0, 1.0 - root, root)
+    return torch.where(u == 0, (a > 0).to(a.dtype), frac)

@@ -1,0 +1,134 @@
+"""Resumable in-progress output: completed rows saved as chunk files beside the final output.
+
+While a run computes, finished batches are gathered into chunks and each chunk is saved as
+``.<output>.partial/chunk-<start>-<stop>.npz`` under a temporary name, then renamed: a chunk
+file either exists whole or not at all, whatever kills the process (SIGKILL included).
+``meta.json`` records the run's identity (gene, parameters, checkpoint, data and selection
+hashes). ``--resume`` keeps the contiguous chunks from row 0 on and computes the rest; the final
+file is then assembled chunk by chunk by the ordinary writers and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .writers import os_error, plain_value
+
+#: Identity keys that may differ between an interrupted run and its resumption.
+VOLATILE = ("device", "tool", "tool_version", "checkpoint", "data")
+_CHUNK = re.compile(r"^chunk-(\d{12})-(\d{12})\.npz$")
+
+
+def partial_dir(out: Path) -> Path:
+    """Hidden in-progress directory beside ``out``."""
+    return out.with_name(f".{out.name}.partial")
+
+
+class PartialRun:
+    """Chunks of finished rows for one output, resumable across processes."""
+
+    def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
+                 chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
+        self.out, self.dir = out, partial_dir(out)
+        self.identity = {k: plain_value(v) for k, v in identity.items() if k not in VOLATILE}
+        # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
+        self.chunk_rows = chunk_rows or int(os.environ.get("CELL2NET_ATTR_CHUNK_ROWS", 16384))
+        self.chunk_seconds = chunk_seconds
+        self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        self._last = time.monotonic()
+        self.rows_done = 0
+        if self.dir.exists():
+            if resume:
+                self.rows_done = self._adopt(out)
+            else:
+                warn(f"discarding the partial output of an interrupted run in {self.dir} "
+                     f"(use --resume to continue it instead)")
+                shutil.rmtree(self.dir, ignore_errors=True)
+        elif resume:
+            warn(f"nothing to resume for {out}: starting from the first cell")
+        self.dir.mkdir(exist_ok=True)
+        (self.dir / "meta.json").write_text(json.dumps(self.identity, indent=1, sort_keys=True))
+
+    def _adopt(self, out: Path) -> int:
+        """Rows already done by an earlier run with the same identity."""
+        try:
+            saved = json.loads((self.dir / "meta.json").read_text())
+        except (OSError, ValueError):
+            saved = None
+        if saved != self.identity:
+            keys = sorted(k for k in set(self.identity) | set(saved or {})
+                          if (saved or {}).get(k) != self.identity.get(k))
+            raise UserError(f"the partial output in {self.dir} is from a different run ({', '.join(keys[:4])} "
+                            f"differ); use --overwrite to start over", out)
+        done = 0
+        for start, stop, path in self._chunk_files():
+            if start != done:
+                break
+            done = stop
+        for start, _, path in self._chunk_files():  # keep only the contiguous prefix
+            if start >= done:
+                path.unlink(missing_ok=True)
+        for tmp in self.dir.glob(".*"):
+            tmp.unlink(missing_ok=True)
+        return done
+
+    def _chunk_files(self) -> list[tuple[int, int, Path]]:
+        found = []
+        for p in self.dir.iterdir():
+            m = _CHUNK.match(p.name)
+            if m:
+                found.append((int(m.group(1)), int(m.group(2)), p))
+        return sorted(found)
+
+    def add(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Buffer finished rows ``start..start+len(attr)``; saves a chunk when it is big or old."""
+        self._buf.append((start, attr, delta))
+        rows = sum(len(a) for _, a, _ in self._buf)
+        if rows >= self.chunk_rows or time.monotonic() - self._last >= self.chunk_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Save buffered rows as one chunk file (atomically)."""
+        if not self._buf:
+            return
+        start = self._buf[0][0]
+        attr = np.concatenate([a for _, a, _ in self._buf])
+        deltas = [d for _, _, d in self._buf]
+        stop = start + len(attr)
+        name = f"chunk-{start:012d}-{stop:012d}.npz"
+        tmp = self.dir / f".{name}.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as fh:
+                if all(d is not None for d in deltas):
+                    np.savez(fh, attr=attr, delta=np.concatenate(deltas))
+                else:
+                    np.savez(fh, attr=attr)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.dir / name)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise os_error(exc, self.out) from None
+        self.rows_done = stop
+        self._buf.clear()
+        self._last = time.monotonic()
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Saved chunks in row order, one at a time (memory stays one chunk)."""
+        for start, _, path in self._chunk_files():
+            with np.load(path) as z:
+                yield start, z["attr"], z["delta"] if "delta" in z.files else None
+
+    def discard(self) -> None:
+        """Remove the in-progress directory."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+

@@ -1,0 +1,84 @@
+"""The one reader of our own attribution outputs: HDF5 (``.h5``/``.hdf5``) and AnnData (``.h5ad``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .._compat import read_elem
+from ..errors import UserError
+
+
+@dataclass
+class Attributions:
+    """One attribution file: cells x TFs float32 with the names of both axes."""
+
+    path: Path
+    gene: str
+    obs_names: pd.Index
+    tf_names: list[str]
+    values: np.ndarray
+    shard: tuple[int, int] | None = None  # (index, count) when the file is one shard of a run
+
+
+def _strings(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def read_attributions(path: str | Path) -> Attributions:
+    """Read and check one attribution file written by ``cell2net-attr run``: HDF5 (``.h5``/``.hdf5``) or
+    AnnData (``.h5ad``: ``X`` cells x TFs, ``var`` = TFs, the run's parameters in ``uns["cell2net_attr"]``).
+
+    The gene is the file's ``gene`` attribute (its stem when absent). Raises :class:`UserError` when
+    the file is not such a file, its axes disagree, a name repeats or a value is NaN/Inf.
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            values, obs, tfs, meta = _read_h5ad(f, path) if path.suffix.lower() == ".h5ad" else _read_h5(f, path)
+    except OSError as exc:
+        raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+    gene = meta.get("gene", path.stem)
+    gene = gene.decode() if isinstance(gene, bytes) else str(gene)
+    count = int(meta.get("shard_count", 1))
+    shard = (int(meta.get("shard_index", 0)), count) if count > 1 else None
+    if values.ndim != 2 or values.shape != (len(obs), len(tfs)):
+        raise UserError(f"attributions have shape {list(values.shape)} but the file names {len(obs)} cells and "
+                        f"{len(tfs)} TFs", path)
+    if not obs:
+        raise UserError("the file holds zero cells", path)
+    for what, names in (("cell", obs), ("TF", tfs)):
+        seen = pd.Index(names)
+        if not seen.is_unique:
+            raise UserError(f"{what} {seen[seen.duplicated()][0]!r} appears more than once", path)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise UserError(f"attribution of cell {obs[r]!r} for {tfs[c]!r} is {values[r, c]}", path)
+    return Attributions(path, gene, pd.Index(obs), tfs, values, shard)
+
+
+def _read_h5(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
+    missing = [k for k in ("attributions", "obs_names", "tf_names") if k not in f]
+    if missing:
+        raise UserError(f"not a cell2net-attr attribution file: no {missing[0]!r} dataset", path)
+    return (np.asarray(f["attributions"][()], dtype=np.float32), _strings(f["obs_names"][()]),
+            _strings(f["tf_names"][()]), dict(f.attrs))
+
+
+def _read_h5ad(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
+    missing = [k for k in ("X", "obs", "var") if k not in f]
+    if missing:
+        raise UserError(f"not an AnnData attribution file: no {missing[0]!r}", path)
+    try:
+        x = read_elem(f["X"])
+        x = x.toarray() if hasattr(x, "toarray") else x
+        names = [_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var")]
+        meta = read_elem(f["uns/cell2net_attr"]) if "uns/cell2net_attr" in f else {}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot read the AnnData file ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+    return np.asarray(x, dtype=np.float32), names[0], names[1], dict(meta) if isinstance(meta, dict) else {}

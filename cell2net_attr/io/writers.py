@@ -1,0 +1,309 @@
+"""Output writers: ``.npy`` and HDF5, written under a temporary name and renamed when complete.
+
+A writer is opened with the final shape, receives row blocks in any order with
+:meth:`write`, and is either committed (atomic rename into place) or aborted (the
+temporary file is removed). Nothing partial is ever left at the final path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from .._compat import write_elem
+from ..errors import UserError
+
+NAME_BLOCK = 65536  # cell names written per block
+
+FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
+
+
+class Writer(Protocol):
+    """Receives blocks of rows and is then committed or aborted."""
+
+    path: Path
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def output_format(path: Path) -> str:
+    """The format named by the output suffix."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise UserError(f"unknown output format '{path.suffix}', use {', '.join(FORMATS)}", path)
+    return fmt
+
+
+def check_output(path: Path, overwrite: bool, inputs: list[Path]) -> str:
+    """Validate an attribution output path before any work; returns its format."""
+    fmt = output_format(path)
+    check_output_path(path, overwrite, inputs)
+    return fmt
+
+
+def check_output_path(path: Path, overwrite: bool, inputs=()) -> None:
+    """The checks every output shares: directory present and writable, not an input, no clobbering."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError("output directory does not exist", parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError("output directory is not writable", parent)
+    resolved = path.resolve()
+    for inp in inputs:
+        if Path(inp).exists() and Path(inp).resolve() == resolved:
+            raise UserError("output would overwrite an input file", path)
+    if path.exists() and not overwrite:
+        raise UserError("output exists; pass --overwrite to replace it", path)
+    if path.is_dir():
+        raise UserError("output path is a directory", path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path):
+    """Yield a temporary path beside ``path``; on success rename it into place, else remove it."""
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(exc, path) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def temp_path(path: Path) -> Path:
+    """Hidden in-progress name in the same directory, so the final rename is atomic."""
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+@contextlib.contextmanager
+def _io_errors(path: Path, cleanup: Callable[[], None] | None = None):
+    """Report a failed write (h5py raises RuntimeError for some) as a UserError, after ``cleanup``;
+    anything else passes through."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if cleanup is not None:
+            cleanup()
+        if not _is_io_failure(exc):
+            raise
+        raise os_error(exc, path) from None
+
+
+class _TempFileWriter:
+    """Shared commit/abort for writers of a temporary file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = temp_path(path)
+
+    def _close(self) -> None:  # overridden
+        pass
+
+    def commit(self) -> None:
+        """Flush, close and move into place."""
+        with _io_errors(self.path, self.abort):
+            self._close()
+            os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        try:
+            self._close()
+        except (OSError, ValueError, RuntimeError):
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+
+class NpyWriter(_TempFileWriter):
+    """float32 cells x TFs ``.npy`` through a memory map."""
+
+    def __init__(self, path: Path, n_rows: int, n_cols: int) -> None:
+        super().__init__(path)
+        with _io_errors(path, self.abort):
+            self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_cols))
+            _reserve(self.tmp)
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Store a block of rows."""
+        self._mm[start : start + len(attr)] = attr
+
+    def _close(self) -> None:
+        if getattr(self, "_mm", None) is not None:
+            self._mm.flush()
+            self._mm = None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now: a full disk then fails here with ENOSPC, instead of
+    killing the process with SIGBUS at a later write through the memory map (leaving the temporary)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # EOPNOTSUPP, EINVAL...: the file system cannot preallocate; write as before
+    finally:
+        os.close(fd)
+
+
+class H5Writer(_TempFileWriter):
+    """HDF5 with ``attributions``, ``obs_names``, ``tf_names``, optional ``convergence_delta``, metadata attrs."""
+
+    def __init__(self, path: Path, obs_names: Sequence[str], tf_names: list[str], meta: dict,
+                 with_delta: bool, locking: bool | None = None) -> None:
+        super().__init__(path)
+        n, t = len(obs_names), len(tf_names)
+        with _io_errors(path, self.abort):
+            self._f = h5py.File(self.tmp, "w", locking=locking)
+            chunk_rows = max(1, min(n, 4096))
+            self._attr = self._f.create_dataset("attributions", shape=(n, t), maxshape=(None, t),
+                                                dtype="f4", chunks=(chunk_rows, t))
+            string = h5py.string_dtype()
+            names = self._f.create_dataset("obs_names", shape=(n,), dtype=string)
+            for a in range(0, n, NAME_BLOCK):  # in blocks: the names need not all be in memory
+                names[a : a + NAME_BLOCK] = np.asarray(obs_names[a : a + NAME_BLOCK], dtype=object)
+            self._f.create_dataset("tf_names", data=np.asarray(tf_names, dtype=object), dtype=string)
+            self._delta = (self._f.create_dataset("convergence_delta", shape=(n,), maxshape=(None,), dtype="f4",
+                                                  chunks=(chunk_rows,)) if with_delta else None)
+            for key, value in meta.items():
+                self._f.attrs[key] = value
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Store a block of rows (and their deltas)."""
+        with _io_errors(self.path):
+            self._attr[start : start + len(attr)] = attr
+            if self._delta is not None and delta is not None:
+                self._delta[start : start + len(delta)] = delta
+
+    def _close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            self._f.close()
+            self._f = None
+
+
+class H5adWriter(_TempFileWriter):
+    """AnnData ``.h5ad``: ``X`` cells x TFs (filled block by block), ``obs`` of the selected cells,
+    ``var`` indexed by TF names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
+    the convergence delta, when asked, is ``obs["convergence_delta"]``."""
+
+    def __init__(self, path: Path, obs: pd.DataFrame, tf_names: list[str], meta: dict, with_delta: bool,
+                 locking: bool | None = None) -> None:
+        super().__init__(path)
+        n, t = len(obs), len(tf_names)
+        self._obs = obs
+        self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
+        with _io_errors(path, self.abort):
+            self._f = h5py.File(self.tmp, "w", locking=locking)
+            self._f.attrs["encoding-type"], self._f.attrs["encoding-version"] = "anndata", "0.1.0"
+            self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
+            self._x.attrs["encoding-type"], self._x.attrs["encoding-version"] = "array", "0.2.0"
+            write_elem(self._f, "var", pd.DataFrame(index=pd.Index(tf_names, name="tf")))
+            write_elem(self._f, "uns", {"cell2net_attr": {k: plain_value(v) for k, v in meta.items()}})
+            for key in ("obsm", "varm", "obsp", "varp", "layers"):
+                write_elem(self._f, key, {})
+
+    def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Store a block of rows."""
+        with _io_errors(self.path):
+            self._x[start : start + len(attr)] = attr
+        if self._delta is not None and delta is not None:
+            self._delta[start : start + len(delta)] = delta
+
+    def _close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            if self._obs is not None:  # obs last: it carries the deltas, known only at the end
+                obs = self._obs.copy()
+                if self._delta is not None:
+                    obs["convergence_delta"] = self._delta
+                write_elem(self._f, "obs", obs)
+                self._obs = None
+            self._f.close()
+            self._f = None
+
+    def abort(self) -> None:
+        """Delete the temporary file without writing obs."""
+        self._obs = None
+        super().abort()
+
+
+def plain_value(value):
+    """A metadata value as a plain Python type (numpy scalars -> Python), for ``uns`` and JSON."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def open_writer(path: Path, obs_names: Sequence[str], tf_names: list[str], meta: dict, with_delta: bool,
+                locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
+    """A writer for ``path``'s format (already validated by :func:`check_output`).
+
+    ``obs_table`` supplies the selected cells' obs for AnnData output.
+    """
+    n, t = len(obs_names), len(tf_names)
+    if output_format(path) == "npy":
+        _check_space(path, n * t * 4 + 4096)
+        return NpyWriter(path, n, t)
+    if output_format(path) == "h5ad":
+        index = pd.Index([str(o) for o in obs_names[0 : len(obs_names)]])  # AnnData obs is whole anyway
+        obs = obs_table() if obs_table is not None else pd.DataFrame(index=index)
+        obs.index = index
+        _check_space(path, n * t * 4 + n * (8 * obs.shape[1] + 48) + (64 << 10))
+        return H5adWriter(path, obs, tf_names, meta, with_delta, locking)
+    chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
+    rows = -(-n // chunk) * chunk
+    sample = obs_names[0:1000]  # name sizes estimated from a sample
+    names = sum(len(str(s).encode()) + 16 for s in sample) * n // max(len(sample), 1)
+    names += sum(len(str(s).encode()) + 16 for s in tf_names)
+    _check_space(path, rows * t * 4 + (rows * 4 if with_delta else 0) + names + (32 << 10))
+    return H5Writer(path, obs_names, tf_names, meta, with_delta, locking)
+
+
+def _check_space(path: Path, needed: int) -> None:
+    """Refuse up front an output the disk cannot hold: HDF5 does not survive running out of space
+    mid-file (it crashes when the process exits)."""
+    try:
+        free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    except OSError:
+        return
+    if free < needed:
+        raise UserError(f"disk full: the output needs about {_size(needed)} but only {_size(free)} is free", path)
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _is_io_failure(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) or "write failed" in str(exc) or "No space" in str(exc)
+
+
+def os_error(exc: BaseException, path: Path) -> UserError:
+    """The user-facing error for a failed write (disk full named as such)."""
+    code, text = getattr(exc, "errno", None), str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space" in text or "errno = 28," in text:
+        return UserError("disk full while writing the output; nothing was left at the final path", path)
+    detail = getattr(exc, "strerror", None) or (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    return UserError(f"cannot write output ({detail})", path)

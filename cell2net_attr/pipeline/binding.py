@@ -1,0 +1,172 @@
+"""A checkpoint bound to its data: load, validate against each other, and stream cells through an engine.
+
+Both the notebook API (:mod:`cell2net_attr.api`) and the command-line pipeline build on this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.covariates import parse_covariates, require_covariates
+from ..data.gene_view import GeneData, load_gene_data, open_store
+from ..engines.base import IGParams, make_engine
+from ..errors import UserError
+from ..model.architecture import Cell2NetModule
+from ..model.checkpoint import Checkpoint, infer_spec, load_checkpoint
+from ..model.device import resolve_device
+from .progress import Progress
+from .stream import run_engine
+
+
+@dataclass
+class AttributionModel:
+    """A checkpoint's module bound to one gene's data, ready for attribution.
+
+    Attributes mirror an upstream ``Cell2Net`` object: ``module``, ``device``, ``gene``,
+    ``covariates``, ``tfs`` and ``mdata`` (the per-gene MuData, built on first access).
+    """
+
+    module: Cell2NetModule
+    data: GeneData
+    device: torch.device
+    checkpoint: Checkpoint | None = None
+    _mdata: Any = field(default=None, repr=False)
+    owns_store: bool = True
+
+    @property
+    def gene(self) -> str:
+        """The modelled gene."""
+        return self.data.gene
+
+    @property
+    def covariates(self) -> list[str]:
+        """Covariate obs columns, in the model's order."""
+        return self.data.covariates
+
+    @property
+    def tfs(self) -> list[str]:
+        """TF names in the model's input order."""
+        return self.data.tfs
+
+    @property
+    def mdata(self):
+        """The per-gene MuData, as upstream's ``Cell2Net.mdata`` (read on first access)."""
+        if self._mdata is None:
+            self._mdata = _per_gene_mudata(self.data)
+        return self._mdata
+
+    def close(self) -> None:
+        """Release the data file (unless the caller shares it across models)."""
+        if self.owns_store:
+            self.data.close()
+
+
+def load_model(
+    checkpoint: str | Path,
+    data: str | Path | Any,
+    gene: str | None = None,
+    covariates: list[str] | str | None = None,
+    device: str = "auto",
+    rna_mod: str = "rna",
+    atac_mod: str = "atac",
+    hdf5_locking: bool | None = None,
+) -> AttributionModel:
+    """Load a Cell2Net checkpoint and bind it to its data, checking that they match.
+
+    Parameters
+    ----------
+    checkpoint
+        ``GENE.pt`` written by ``Cell2Net.save``.
+    data
+        The per-gene ``GENE.h5mu`` saved beside it, the full multi-gene ``.h5mu``, or a MuData.
+    gene
+        Gene name; defaults to the checkpoint's file stem.
+    covariates
+        obs columns in the model's order (a list or ``"a,b"``); required when the model has any.
+    device
+        ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    ck = load_checkpoint(checkpoint, gene)
+    cov = parse_covariates(covariates)
+    store = open_store(data, locking=hdf5_locking)
+    owns_store = store is not data
+    try:
+        require_covariates(ck.spec.n_covariates, cov, store)
+        gene_data = load_gene_data(store, ck.gene, ck.spec, cov, rna_mod, atac_mod)
+    except BaseException:
+        if owns_store:
+            store.close()
+        raise
+    dev = resolve_device(device)
+    return AttributionModel(ck.build_module().to(dev), gene_data, dev, ck, owns_store=owns_store)
+
+
+def as_model(model: Any) -> AttributionModel:
+    """Accept our :class:`AttributionModel` or an upstream ``Cell2Net`` (without importing cell2net)."""
+    if isinstance(model, AttributionModel):
+        return model
+    if not all(hasattr(model, a) for a in ("module", "mdata", "covariates")):
+        raise UserError(f"expected a model from load_model() or a cell2net Cell2Net, got {type(model).__name__}")
+    up = model.module
+    keys = ("n_peaks", "peak_len", "n_tfs", "n_covariates")
+    # upstream's module carries these as attributes; ours carries a spec
+    summary = {k: getattr(getattr(up, "spec", up), k, None) for k in keys}
+    state = {k: v.detach().cpu() for k, v in up.state_dict().items()}
+    spec = infer_spec(state, summary, Path("<upstream module>"))
+    module = Cell2NetModule(spec)
+    module.load_state_dict(state, strict=True)
+    gene = getattr(model, "gene", None) or str(model.mdata.mod["rna"].var_names[0])
+    cov = list(model.covariates or [])
+    gene_data = load_gene_data(open_store(model.mdata), gene, spec, cov)
+    device = getattr(model, "device", None) or next(up.parameters()).device
+    device = torch.device(device) if str(device) else torch.device("cpu")
+    return AttributionModel(module.eval().to(device), gene_data, device, None, model.mdata)
+
+
+def check_batching(batch_size: int, num_workers: int) -> None:
+    """``--batch-size`` >= 1 and ``--num-workers`` >= 0, as integers."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"must be an integer >= 1, got {batch_size!r}", "--batch-size")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise UserError(f"must be an integer >= 0, got {num_workers!r}", "--num-workers")
+
+
+def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: str, batch_size: int,
+              num_workers: int, sink, progress: Progress) -> None:
+    """Build the engine for ``m`` and stream ``rows`` through it into ``sink``."""
+    check_batching(batch_size, num_workers)
+    seq = torch.from_numpy(m.data.peak_seq).to(m.device)
+    dist = torch.from_numpy(m.data.peak_dist).to(m.device)
+    eng = make_engine(engine, m.module, seq, dist, params)
+    progress.start(len(rows), m.gene)
+    try:
+        run_engine(eng, m.data, rows, m.device, sink, batch_size, num_workers, progress.advance)
+    finally:
+        progress.stop()
+
+
+def _per_gene_mudata(data: GeneData):
+    """Build upstream's per-gene MuData view from the data file (for notebook users)."""
+    import mudata as md
+
+    store = data.store
+    if hasattr(store, "mdata"):
+        return store.mdata
+    full = md.read_h5mu(store.path)
+    if data.layout == "per-gene":
+        return full
+    rna = full.mod[data.rna_mod][:, data.gene].copy()
+    rna.obsm["tf"] = full.mod[data.rna_mod][:, data.tfs].layers["counts"].copy()
+    atac = full.mod[data.atac_mod][:, data.peaks].copy()
+    if "peaks" in atac.uns:
+        atac.uns["peaks"] = atac.uns["peaks"].loc[data.peaks].copy()
+    view = md.MuData({data.rna_mod: rna, data.atac_mod: atac})
+    view.obs = full.obs.copy()
+    view.uns["tfs"] = list(data.tfs)
+    p2g = full.uns["peak_to_gene"]
+    view.uns["peak_to_gene"] = p2g[p2g["gene"].astype(str) == data.gene].reset_index(drop=True)
+    return view

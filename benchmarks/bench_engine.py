@@ -20,7 +20,8 @@ import time
 import torch
 
 from cell2net_attr.model.architecture import ModelSpec
-from cell2net_attr.engines.base import IGParams, make_engine
+from cell2net_attr.engines.base import IGParams
+from cell2net_attr.engines.registry import make_engine
 from cell2net_attr.synthetic import random_module
 
 SPEC = ModelSpec(n_peaks=100, peak_len=256, n_tfs=300, n_covariates=2, n_filters=(64, 32, 32, 16),

@@ -7,6 +7,7 @@ is an internal error (exit 1).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 EXIT_OK = 0
@@ -22,16 +23,28 @@ class UserError(Exception):
     message
         What is wrong, in one sentence.
     source
-        The file or flag the problem is in; it prefixes the message.
+        The file (or command-line argument) the problem is in; it prefixes the message.
+    param
+        The library parameter the problem is in (``n_steps``), when it is not a file; the command
+        line names the flag that sets it instead (``--n-steps``).
     """
 
-    def __init__(self, message: str, source: str | Path | None = None) -> None:
+    def __init__(self, message: str, source: str | Path | None = None, *, param: str | None = None) -> None:
         self.message = message
         self.source = None if source is None else str(source)
+        self.param = param
         super().__init__(self.__str__())
 
     def __str__(self) -> str:
-        return f"{self.source}: {self.message}" if self.source else self.message
+        where = self.source or self.param
+        return f"{where}: {self.message}" if where else self.message
+
+    def describe(self, flags: Mapping[str, str] | None = None) -> str:
+        """The message as the command line shows it: a parameter is named by its flag."""
+        if self.source or not self.param:
+            return str(self)
+        flag = (flags or {}).get(self.param, "--" + self.param.replace("_", "-"))
+        return f"{flag}: {self.message}"
 
 
 class Terminated(BaseException):

@@ -219,7 +219,7 @@ def test_internal_error_exit_1_and_debug_traceback(gene0, tmp_path, monkeypatch)
     def boom(*a, **k):
         raise ZeroDivisionError("synthetic failure")
 
-    monkeypatch.setattr(runner, "run_cells", boom)
+    monkeypatch.setattr(runner, "compute", boom)
     r = invoke(["run", *gene0, "--idx", "0", "-o", str(tmp_path / "a.npy")])
     assert r.exit_code == 1 and "internal error" in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.iterdir())

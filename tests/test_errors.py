@@ -980,7 +980,8 @@ def test_keyboard_interrupt_mid_run_leaves_nothing(case, monkeypatch):
 
 def test_sigint_real_process_leaves_nothing(case):
     """SIGINT a real run while it writes: exit 130, nothing at the output path, only the hidden
-    resumable partial beside it, inputs unchanged."""
+    resumable partial beside it, inputs unchanged. (Small batches of the reference engine and
+    two-row chunks make the run write 32 chunks, each slowed, so the signal lands mid-run.)"""
     slow = ("import sys, time, cell2net_attr.io.writers as w\n"
             "orig = w.H5Writer.write\n"
             "def write(self, *a):\n"
@@ -993,9 +994,9 @@ def test_sigint_real_process_leaves_nothing(case):
     before = sha256_tree(case.inp)
     proc = subprocess.Popen([sys.executable, "-c", slow, "run", str(case.ck), str(case.data), "--covariates",
                              COVARIATES, "-o", str(case.target), "--batch-size", "2", "--n-steps", "4",
-                             "--num-workers", "0"],
+                             "--num-workers", "0", "--engine", "captum"],
                             cwd=case.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
+                            preexec_fn=default_sigint, env={**os.environ, "CELL2NET_ATTR_CHUNK_ROWS": "2"})
     try:
         deadline = time.monotonic() + 60
         while not any(p.name.endswith(".partial") for p in case.out.iterdir()):

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from cell2net_attr.model.checkpoint import load_checkpoint
 from cell2net_attr.data.gene_view import load_gene_data, open_store
-from cell2net_attr.engines.base import IGParams, make_engine
+from cell2net_attr.engines.base import IGParams
+from cell2net_attr.engines.registry import make_engine
 from cell2net_attr.errors import UserError
 from cell2net_attr.data.selection import read_tokens, resolve_idx, resolve_tokens
 
@@ -134,7 +135,7 @@ def test_idx_duplicates_are_an_error(pn, data):
     tokens.insert(where, str(dup - n if as_negative else dup))
     with pytest.raises(UserError) as info:
         parse(",".join(tokens), n)
-    assert info.value.source == "--idx" and "more than once" in info.value.message
+    assert info.value.param == "idx" and "more than once" in info.value.message
     with pytest.raises(UserError):
         resolve_idx([*rows, dup], obs_index(n))
 
@@ -146,7 +147,7 @@ def test_idx_any_text_is_a_selection_or_a_user_error(text, n):
     try:
         rows = parse(text, n)
     except UserError as exc:
-        assert exc.source in ("--idx", "--idx-type") and exc.message
+        assert exc.param in ("idx", "idx_type") and exc.message
         return
     assert rows and len(set(rows)) == len(rows) and all(0 <= r < n for r in rows)
 

@@ -58,7 +58,7 @@ def test_idx_errors(spec, message):
 
 
 def test_ambiguous_tokens_need_idx_type():
-    with pytest.raises(UserError, match="--idx-type"):
+    with pytest.raises(UserError, match="idx-type"):
         resolve_tokens(["12"], DIGIT_OBS)
     assert resolve_tokens(["12"], DIGIT_OBS, "name").tolist() == [2]
     assert resolve_tokens(["2"], DIGIT_OBS, "position").tolist() == [2]

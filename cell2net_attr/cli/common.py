@@ -17,6 +17,9 @@ from ..errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError
 
 state = {"debug": False}
 
+#: Library parameters whose flag is not ``--`` + the name with dashes.
+FLAGS = {"fmt": "--format", "out_dir": "--out-dir"}
+
 
 def err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -33,7 +36,7 @@ def reported() -> Iterator[None]:
     except UserError as exc:
         if state["debug"]:
             raise
-        err(f"error: {exc}")
+        err(f"error: {exc.describe(FLAGS)}")
         raise typer.Exit(EXIT_USER) from None
     except (KeyboardInterrupt, Terminated) as exc:
         sigterm = isinstance(exc, Terminated)

@@ -18,7 +18,7 @@ def parse_covariates(covariates: list[str] | str | None) -> list[str]:
     if isinstance(covariates, str):
         items = [c.strip() for c in covariates.split(",")]
         if any(not c for c in items):
-            raise UserError(f"empty column name in '{covariates}'", "--covariates")
+            raise UserError(f"empty column name in '{covariates}'", param="covariates")
         return items
     return [str(c) for c in covariates]
 
@@ -30,7 +30,7 @@ def require_covariates(n_covariates: int, covariates: list[str], store: Store) -
         candidates = numeric_obs_columns(store)
         raise UserError(f"the model needs {n_covariates} covariate(s) and none were given; "
                         f"numeric obs columns: {', '.join(candidates) or 'none'} "
-                        f"(name them in the model's order)", "--covariates")
+                        f"(name them in the model's order)", param="covariates")
 
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..errors import UserError
 from .covariates import covariate_matrix, suggest
+from .rows import MatrixInput, SharedRows
 from .sequence import one_hot_all
 from .store import CellNames, H5Store, MemoryStore, Store
 
@@ -60,11 +61,12 @@ class GeneData:
     covariates: list[str]
     peak_seq: np.ndarray
     peak_dist: np.ndarray
-    _acc: tuple[str, np.ndarray | None, np.ndarray]
-    _tf: tuple[str, np.ndarray | None, np.ndarray | None]
+    acc_input: MatrixInput
+    tf_input: MatrixInput
     _cov: np.ndarray = field(repr=False)
     rna_mod: str = "rna"
     atac_mod: str = "atac"
+    _reader: SharedRows | None = field(default=None, repr=False)
 
     @property
     def n_cells(self) -> int:
@@ -83,14 +85,13 @@ class GeneData:
 
     def batch(self, rows: np.ndarray) -> Batch:
         """Read the per-cell inputs of ``rows`` (positions into ``obs_names``)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        acc_key, acc_map, acc_cols = self._acc
-        tf_key, tf_map, tf_cols = self._tf
-        acc = self.store.rows(acc_key, _map_rows(rows, acc_map), acc_cols)
-        tf = self.store.rows(tf_key, _map_rows(rows, tf_map), tf_cols)
-        batch = Batch(acc, tf, self._cov[rows])
-        _check_finite(batch, self, rows)
-        return batch
+        if self._reader is None:
+            self._reader = SharedRows([self])
+        return self._reader.read(rows)[0]
+
+    def covariate_rows(self, rows: np.ndarray) -> np.ndarray:
+        """The covariates of ``rows``, (rows, covariates) float32."""
+        return self._cov[rows]
 
     def obs_table(self, rows: np.ndarray) -> pd.DataFrame:
         """The global ``obs`` of ``rows`` (for AnnData output)."""
@@ -132,7 +133,7 @@ def load_gene_data(
     for mod in (rna_mod, atac_mod):
         if not store.has(f"mod/{mod}"):
             raise UserError(f"no modality '{mod}' (use --rna-mod/--atac-mod)", src)
-    obs_names = store.cell_names("obs")
+    obs_names = store.memo("obs names", lambda: store.cell_names("obs"))
     if len(obs_names) == 0:
         raise UserError("the data has zero cells", src)
 
@@ -171,7 +172,8 @@ def load_gene_data(
         raise UserError(f"uns['peak_to_gene'] distance of peak '{bad}' is not a finite number", src)
     peak_dist = np.exp(-distance.astype(np.float32) / DISTANCE_SCALE).astype(np.float32)
 
-    cov = covariate_matrix(store, covariates or [], len(obs_names))
+    cov = store.memo(("covariates", tuple(covariates or [])),
+                     lambda: covariate_matrix(store, covariates or [], len(obs_names)))
     return GeneData(
         store=store,
         gene=gene,
@@ -182,8 +184,8 @@ def load_gene_data(
         covariates=list(covariates or []),
         peak_seq=peak_seq,
         peak_dist=peak_dist,
-        _acc=(acc_key, _row_map(store, atac_mod, obs_names), acc_cols),
-        _tf=(tf_key, _row_map(store, rna_mod, obs_names), tf_cols),
+        acc_input=MatrixInput(acc_key, _shared_row_map(store, atac_mod, obs_names), acc_cols),
+        tf_input=MatrixInput(tf_key, _shared_row_map(store, rna_mod, obs_names), tf_cols),
         _cov=cov,
         rna_mod=rna_mod,
         atac_mod=atac_mod,
@@ -233,7 +235,7 @@ def _check_counts(spec: ModelSizes, gene: str, peaks: list, tfs: list, covariate
         raise UserError(f"gene '{gene}' has {len(tfs)} TFs in the data but the checkpoint expects {spec.n_tfs}", src)
     n_cov = len(covariates or [])
     if n_cov != spec.n_covariates:
-        raise UserError(f"{n_cov} covariate(s) given but the checkpoint expects {spec.n_covariates}", "--covariates")
+        raise UserError(f"{n_cov} covariate(s) given but the checkpoint expects {spec.n_covariates}", param="covariates")
 
 
 def _columns(store: Store, var_key: str, names: list[str], what: str, where: str) -> np.ndarray:
@@ -277,6 +279,11 @@ def _sequences(store: Store, peaks: list[str], atac_mod: str) -> list[str]:
                     f"nor {atac_mod}.var['dna_sequence']", store.source)
 
 
+def _shared_row_map(store: Store, mod: str, obs_names: CellNames) -> np.ndarray | None:
+    """The row map of a modality, derived once per store (every gene of a job shares it)."""
+    return store.memo(("row map", mod), lambda: _row_map(store, mod, obs_names))
+
+
 def _row_map(store: Store, mod: str, obs_names: CellNames) -> np.ndarray | None:
     """Rows of a modality for each global cell; ``None`` when they are the same order.
 
@@ -294,18 +301,3 @@ def _row_map(store: Store, mod: str, obs_names: CellNames) -> np.ndarray | None:
         absent = [n for n, p in zip(obs_names.index, pos) if p < 0]
         raise UserError(f"cell(s) {absent[:3]} of obs are missing from modality '{mod}'", store.source)
     return pos.astype(np.int64)
-
-
-def _map_rows(rows: np.ndarray, mapping: np.ndarray | None) -> np.ndarray:
-    return rows if mapping is None else mapping[rows]
-
-
-def _check_finite(batch: Batch, data: GeneData, rows: np.ndarray) -> None:
-    for what, arr in (("accessibility", batch.peak_acc), ("TF expression", batch.tf_exp)):
-        bad = ~np.isfinite(arr)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            cols = data.peaks if what == "accessibility" else data.tfs
-            raise UserError(f"{what} of cell '{data.names.take(rows[r:r + 1])[0]}' for '{cols[c]}' is {arr[r, c]}",
-                            data.source)
-

@@ -30,7 +30,7 @@ def read_tokens(spec: str, stdin=None) -> list[str]:
         return read_list_file(spec, "index file", stdin)
     tokens = [t.strip() for t in spec.split(",")]
     if any(t == "" for t in tokens):
-        raise UserError(f"empty token in '{spec[:80]}'", "--idx")
+        raise UserError(f"empty token in '{spec[:80]}'", param="idx")
     return tokens
 
 
@@ -41,16 +41,16 @@ def _is_positional(token: str) -> bool:
 def resolve_tokens(tokens: Sequence[str], obs_names: pd.Index, idx_type: str = "auto") -> np.ndarray:
     """Resolve string tokens to positions, detecting positions vs names."""
     if idx_type not in IDX_TYPES:
-        raise UserError(f"unknown idx type '{idx_type}', choose from {IDX_TYPES}", "--idx-type")
+        raise UserError(f"unknown idx type '{idx_type}', choose from {IDX_TYPES}", param="idx_type")
     if not tokens:
-        raise UserError("the selection is empty", "--idx")
+        raise UserError("the selection is empty", param="idx")
     if idx_type == "auto":
         positional = [_is_positional(t) for t in tokens]
         if all(positional):
             clash = [t for t in tokens if t in obs_names]
             if clash:
                 raise UserError(f"token(s) {clash[:SHOW]} are both positions and obs names; "
-                                f"say which with --idx-type position|name", "--idx")
+                                f"say which with --idx-type position|name", param="idx")
             idx_type = "position"
         elif not any(positional):
             idx_type = "name"
@@ -60,7 +60,7 @@ def resolve_tokens(tokens: Sequence[str], obs_names: pd.Index, idx_type: str = "
                 idx_type = "name"
             else:
                 raise UserError(f"mixes positions and names (e.g. '{names[0]}'); use one kind, "
-                                f"or --idx-type", "--idx")
+                                f"or --idx-type", param="idx")
     rows = _positions(tokens, len(obs_names)) if idx_type == "position" else _names(tokens, obs_names)
     return _check_unique(rows, obs_names)
 
@@ -107,26 +107,26 @@ def _positions(tokens: Sequence[str], n: int) -> np.ndarray:
             else:
                 bad.append(t)
         else:
-            raise UserError(f"'{t}' is not a position or range", "--idx")
+            raise UserError(f"'{t}' is not a position or range", param="idx")
     if bad:
         more = f" and {len(bad) - SHOW} more" if len(bad) > SHOW else ""
-        raise UserError(f"out of range for {n} cells: {', '.join(bad[:SHOW])}{more}", "--idx")
+        raise UserError(f"out of range for {n} cells: {', '.join(bad[:SHOW])}{more}", param="idx")
     rows = np.concatenate(out) if out else np.empty(0, dtype=np.int64)
     if rows.size == 0:
-        raise UserError("the selection is empty", "--idx")
+        raise UserError("the selection is empty", param="idx")
     return rows
 
 
 def _names(tokens: Sequence[str], obs_names: pd.Index) -> np.ndarray:
     if not obs_names.is_unique:
-        raise UserError("obs names are not unique; select cells by position", "--idx")
+        raise UserError("obs names are not unique; select cells by position", param="idx")
     pos = obs_names.get_indexer(list(tokens))
     if (pos < 0).any():
         unknown = [t for t, p in zip(tokens, pos) if p < 0]
         hint = difflib.get_close_matches(unknown[0], obs_names.tolist(), n=3) if len(obs_names) < 200_000 else []
         more = f" and {len(unknown) - SHOW} more" if len(unknown) > SHOW else ""
         tip = f" (did you mean {', '.join(hint)}?)" if hint else ""
-        raise UserError(f"unknown obs name(s): {', '.join(unknown[:SHOW])}{more}{tip}", "--idx")
+        raise UserError(f"unknown obs name(s): {', '.join(unknown[:SHOW])}{more}{tip}", param="idx")
     return pos.astype(np.int64)
 
 
@@ -134,5 +134,5 @@ def _check_unique(rows: np.ndarray, obs_names: pd.Index) -> np.ndarray:
     uniq, counts = np.unique(rows, return_counts=True)
     if (counts > 1).any():
         dup = [str(obs_names[r]) for r in uniq[counts > 1]]
-        raise UserError(f"cell(s) selected more than once: {', '.join(dup[:SHOW])}", "--idx")
+        raise UserError(f"cell(s) selected more than once: {', '.join(dup[:SHOW])}", param="idx")
     return rows

@@ -79,6 +79,13 @@ class H5Store:
         if "mod" not in self._file or (encoding and str(encoding).lower() != "mudata"):
             raise UserError("HDF5 file is not MuData (.h5mu): no 'mod' group", path)
 
+    def memo(self, key: Any, compute):
+        """``compute()`` once per key for the life of the store: what every gene of a job shares (row maps,
+        covariates, cell names) is derived once."""
+        if ("memo", key) not in self._cache:
+            self._cache[("memo", key)] = compute()
+        return self._cache[("memo", key)]
+
     def close(self) -> None:
         """Close the file handle."""
         self._file.close()
@@ -168,24 +175,28 @@ class H5Store:
 
         return self._guard(key, _shape)
 
-    def rows(self, key: str, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
-        """Dense float32 block of ``rows`` (in the given order) and ``cols`` of a matrix."""
-        def _read() -> np.ndarray:
+    def block(self, key: str, rows: np.ndarray, cols: np.ndarray | None):
+        """Rows ``rows`` (sorted, unique) and columns ``cols`` (sorted, unique; ``None`` = all) of a matrix:
+        a CSR matrix for a sparse element, an array for a dense one.
+
+        A CSR element is read straight from its three datasets, over the span of ``rows`` when they are
+        dense in it, and filtered to ``cols`` before anything is densified; other layouts (CSC, rows
+        scattered over the file) go through anndata's backed matrix.
+        """
+        def _read():
             elem = self._file[key]
-            order = np.argsort(rows, kind="stable")
-            sorted_rows = rows[order]
-            if isinstance(elem, h5py.Group):
-                block = _take_rows(sparse_dataset(elem), sorted_rows)
-                if sp.issparse(block):
-                    _check_sparse(block)
-                block = block[:, cols] if cols is not None else block
-                block = block.toarray() if sp.issparse(block) else np.asarray(block)
-            else:
-                block = _take_rows(elem, sorted_rows)
-                block = block[:, cols] if cols is not None else block
-            out = np.empty((len(rows), block.shape[1]), dtype=np.float32)
-            out[order] = block
-            return out
+            if not isinstance(elem, h5py.Group):
+                block = _take_rows(elem, rows)
+                return np.asarray(block if cols is None else block[:, cols])
+            n_cols = int(elem.attrs["shape"][1])
+            span = int(rows[-1]) - int(rows[0]) + 1 if len(rows) else 0
+            if elem.attrs.get("encoding-type") == "csr_matrix" and span <= 4 * len(rows) + 256:
+                block = _csr_span(elem, int(rows[0]), span, n_cols, cols)
+                return block if span == len(rows) else block[rows - rows[0]]
+            block = _take_rows(sparse_dataset(elem), rows)
+            block = sp.csr_matrix(block) if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+            _check_sparse(block)
+            return block if cols is None else block[:, cols]
 
         return self._guard(key, _read)
 
@@ -206,6 +217,30 @@ def _check_sparse(block) -> None:
         raise ValueError("inconsistent sparse matrix: indptr is not a non-decreasing 0..nnz sequence")
 
 
+def _csr_span(elem: h5py.Group, lo: int, span: int, n_cols: int, cols: np.ndarray | None) -> sp.csr_matrix:
+    """Rows ``lo:lo+span`` of an on-disk CSR matrix, restricted to ``cols``, checked before scipy sees them
+    (a corrupt indptr or index makes scipy's C code read out of bounds)."""
+    ptr = np.asarray(elem["indptr"][lo : lo + span + 1], dtype=np.int64)
+    if len(ptr) != span + 1 or ptr[0] < 0 or (span and np.diff(ptr).min() < 0):
+        raise ValueError("inconsistent sparse matrix: indptr is not a non-decreasing sequence")
+    first, last = int(ptr[0]), int(ptr[-1])
+    indices = np.asarray(elem["indices"][first:last])
+    data = np.asarray(elem["data"][first:last])
+    if len(indices) != last - first or len(data) != last - first:
+        raise ValueError("inconsistent sparse matrix: indptr points past the stored entries")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_cols):
+        raise ValueError(f"inconsistent sparse matrix: a column index is outside 0..{n_cols - 1}")
+    ptr -= first
+    if cols is None:
+        return sp.csr_matrix((data, indices, ptr), shape=(span, n_cols))
+    lookup = np.full(n_cols, -1, dtype=np.int64)
+    lookup[cols] = np.arange(len(cols))
+    mapped = lookup[indices]
+    keep = mapped >= 0
+    kept_before = np.concatenate(([0], np.cumsum(keep)))
+    return sp.csr_matrix((data[keep], mapped[keep], kept_before[ptr]), shape=(span, len(cols)))
+
+
 def _take_rows(matrix, sorted_rows: np.ndarray):
     """Rows of an h5py dataset or backed sparse matrix; a contiguous run is read as a slice."""
     if len(sorted_rows) and sorted_rows[-1] - sorted_rows[0] + 1 == len(sorted_rows):
@@ -220,6 +255,14 @@ class MemoryStore:
     def __init__(self, mdata: Any, source: str = "<in-memory MuData>") -> None:
         self.mdata = mdata
         self.source = source
+        self._cache: dict = {}
+
+    def memo(self, key: Any, compute):
+        """``compute()`` once per key for the life of the store: what every gene of a job shares (row maps,
+        covariates, cell names) is derived once."""
+        if ("memo", key) not in self._cache:
+            self._cache[("memo", key)] = compute()
+        return self._cache[("memo", key)]
 
     def close(self) -> None:
         """Nothing to close."""
@@ -281,13 +324,12 @@ class MemoryStore:
         """Matrix shape."""
         return self._guard(key, lambda: tuple(int(x) for x in self._resolve(key).shape))
 
-    def rows(self, key: str, rows: np.ndarray, cols: np.ndarray | None) -> np.ndarray:
-        """Dense float32 block of ``rows`` and ``cols``."""
-        def _read() -> np.ndarray:
+    def block(self, key: str, rows: np.ndarray, cols: np.ndarray | None):
+        """Rows and columns of a matrix: CSR for a sparse one, an array for a dense one."""
+        def _read():
             block = self._resolve(key)[rows]
-            block = block[:, cols] if cols is not None else block
-            block = block.toarray() if sp.issparse(block) else np.asarray(block)
-            return block.astype(np.float32, copy=False)
+            block = sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
+            return block if cols is None else block[:, cols]
 
         return self._guard(key, _read)
 

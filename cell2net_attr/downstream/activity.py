@@ -65,14 +65,14 @@ def top_variable_tfs(activity: pd.DataFrame, n_top: int = 5, var_cutoff: float =
     its ``n_top`` highest (ties: the more variable TF first). TFs constant across groups have no z-score
     and are never listed. Returns one column per group, rows ranked from 1.
     """
-    check_top(n_top, "--top")
+    check_top(n_top, "top")
     if not 0 < var_cutoff <= 1:
-        raise UserError(f"must be in (0, 1], got {var_cutoff}", "--var-cutoff")
+        raise UserError(f"must be in (0, 1], got {var_cutoff}", param="var_cutoff")
     if activity.shape[1] < 2:
-        raise UserError(f"the variance across groups needs at least 2 groups, got {activity.shape[1]}", "--groupby")
+        raise UserError(f"the variance across groups needs at least 2 groups, got {activity.shape[1]}", param="groupby")
     keep = int(len(activity) * var_cutoff)
     if keep < 1:
-        raise UserError(f"keeps int({len(activity)} x {var_cutoff}) = 0 TFs; raise it", "--var-cutoff")
+        raise UserError(f"keeps int({len(activity)} x {var_cutoff}) = 0 TFs; raise it", param="var_cutoff")
     values = activity.to_numpy(dtype=np.float64)
     var = values.var(axis=1, ddof=1)
     rows = top_order(var, keep)

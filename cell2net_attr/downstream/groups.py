@@ -57,7 +57,7 @@ def read_groups(data: str | Path | object, column: str) -> Groups:
             close = difflib.get_close_matches(column, present, n=3)
             hint = (f" (did you mean {', '.join(map(repr, close))}?)" if close
                     else f"; its columns: {', '.join(present[:20])}")
-            raise UserError(f"obs has no column {column!r}{hint}", "--groupby")
+            raise UserError(f"obs has no column {column!r}{hint}", param="groupby")
         names = store.index("obs")
         values = store.column("obs", column)
     finally:

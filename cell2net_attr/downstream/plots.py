@@ -46,7 +46,7 @@ def display_order(matrix: pd.DataFrame, how: str = "groups") -> list:
     first; ``input``: as given.
     """
     if how not in ORDERS:
-        raise UserError(f"unknown order {how!r}, choose from {', '.join(ORDERS)}", "--order")
+        raise UserError(f"unknown order {how!r}, choose from {', '.join(ORDERS)}", param="order")
     values = matrix.to_numpy(dtype=np.float64)
     if how == "input" or values.size == 0:
         return list(matrix.index)

@@ -156,11 +156,11 @@ def summarize(files: Iterable[str | Path], data: str | Path | object | None = No
     on_gene
         Called with (position, gene) after each file.
     """
-    check_top(n_tfs, "--top")
+    check_top(n_tfs, "top")
     groups = None
     if groupby is not None:
         if data is None:
-            raise UserError("needed with --groupby: the .h5mu whose obs holds the column", "--data")
+            raise UserError("needed with --groupby: the .h5mu whose obs holds the column", param="data")
         groups = read_groups(data, groupby)
     tables, genes, missing, shards = [], {}, {}, {}
     for i, path in enumerate(files):
@@ -191,7 +191,7 @@ def summarize(files: Iterable[str | Path], data: str | Path | object | None = No
 
 def limit_per_gene(summary: Summary, n_tfs: int) -> Summary:
     """Keep each gene's ``n_tfs`` TFs of largest ``mean_attr`` per group (largest first, ties in table order)."""
-    check_top(n_tfs, "--per-gene-top")
+    check_top(n_tfs, "per_gene_top")
     table = summary.table
     keys = [table["gene"]] + ([table[summary.groupby]] if summary.groupby else [])
     order = np.argsort(-table["mean_attr"].to_numpy(dtype=np.float64), kind="stable")
@@ -206,7 +206,7 @@ def limit_per_gene(summary: Summary, n_tfs: int) -> Summary:
     return Summary(kept, summary.groupby, summary.genes, summary.missing, summary.shards, summary.empty_groups)
 
 
-def check_top(n: int | None, flag: str) -> None:
-    """A ``--top``-like count must be a positive integer."""
+def check_top(n: int | None, param: str) -> None:
+    """A ``top``-like count (the parameter ``param``) must be a positive integer."""
     if n is not None and n < 1:
-        raise UserError(f"must be a positive number of TFs, got {n}", flag)
+        raise UserError(f"must be a positive number of TFs, got {n}", param=param)

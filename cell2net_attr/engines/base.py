@@ -1,29 +1,30 @@
-"""The IG engine interface, its parameters, and the registry of engines.
+"""What every IG engine shares: the run parameters (validated once, on construction) and the interface.
 
-An engine is built once per gene from the module and the gene's shared inputs (peak
-sequences and distances) and then called batch after batch with the per-cell inputs.
-It returns the attributions for the TF-expression input and, when asked, the
-convergence delta ``sum(attr) - (F(x) - F(baseline))`` per cell.
+An engine is built once per gene from the module and the gene's shared inputs (peak sequences and
+distances), then called batch after batch with the per-cell inputs. It returns the attributions
+for its target input (TF expression, or peak accessibility) and, when asked, the convergence delta
+``sum(attr) - (F(x) - F(baseline))`` per cell.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 QUADRATURE_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = QUADRATURE_METHODS + ("exact",)
-ENGINES = ("fast", "captum")
 MODULE_MODES = ("eval", "train")
+TARGETS = ("tfs",)
 
 
 @dataclass(frozen=True)
 class IGParams:
-    """What defines an attribution run, whatever the engine."""
+    """What defines an attribution run, whatever the engine; invalid values raise on construction."""
 
     n_steps: int = 100
     method: str = "gausslegendre"
@@ -31,17 +32,24 @@ class IGParams:
     module_mode: str = "eval"
     seed: int | None = None
     return_delta: bool = False
+    target: str = "tfs"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
+            raise UserError(f"must be an integer >= 1, got {self.n_steps!r}", param="n_steps")
+        if self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}', choose from {', '.join(METHODS)}", param="method")
+        if self.method.startswith("riemann") and self.n_steps < 2:
+            raise UserError(f"the {self.method} method needs at least 2 steps", param="n_steps")
+        if self.module_mode not in MODULE_MODES:
+            raise UserError(f"unknown module mode '{self.module_mode}', choose eval or train", param="module_mode")
+        if self.target not in TARGETS:
+            raise UserError(f"unknown target '{self.target}', choose from {', '.join(TARGETS)}", param="target")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise UserError(f"must be an integer, got {self.seed!r}", param="seed")
 
     def validate(self) -> IGParams:
-        """Raise :class:`UserError` for values no engine accepts."""
-        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 1:
-            raise UserError(f"must be an integer >= 1, got {self.n_steps!r}", "--n-steps")
-        if self.method.startswith("riemann") and self.n_steps < 2:
-            raise UserError(f"the {self.method} method needs at least 2 steps", "--n-steps")
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}', choose from {', '.join(METHODS)}", "--method")
-        if self.module_mode not in MODULE_MODES:
-            raise UserError(f"unknown module mode '{self.module_mode}', choose eval or train", "--module-mode")
+        """The parameters (already checked when they were made)."""
         return self
 
 
@@ -53,35 +61,5 @@ class Engine(Protocol):
     def attribute(
         self, peak_acc: torch.Tensor, tf_exp: torch.Tensor, covariates: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T) attributions and an optional (B,) convergence delta."""
+        """(B, features) attributions and an optional (B,) convergence delta."""
         ...
-
-
-def check_engine(name: str) -> None:
-    """``--engine`` names a known engine."""
-    if name not in ENGINES:
-        raise UserError(f"unknown engine '{name}', choose from {', '.join(ENGINES)}", "--engine")
-
-
-def make_engine(
-    name: str,
-    module: torch.nn.Module,
-    peak_seq: torch.Tensor,
-    peak_dist: torch.Tensor,
-    params: IGParams,
-) -> Engine:
-    """Build the engine ``name`` for a module whose shared inputs are on its device."""
-    params.validate()
-    check_engine(name)
-    if name == "captum":
-        from .captum import CaptumEngine
-
-        if params.method == "exact":
-            raise UserError("the exact method needs --engine fast (captum only integrates numerically)", "--method")
-        return CaptumEngine(module, peak_seq, peak_dist, params)
-    if params.module_mode == "train":
-        raise UserError("train mode is stochastic and runs only on the reference engine: add --engine captum",
-                        "--module-mode")
-    from .fast import FastEngine
-
-    return FastEngine(module, peak_seq, peak_dist, params)

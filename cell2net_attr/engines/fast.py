@@ -33,12 +33,12 @@ class FastEngine:
     def __init__(self, module: nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor,
                  params: IGParams) -> None:
         if not isinstance(module, Cell2NetModule):
-            raise UserError(f"the fast engine needs a Cell2Net module, got {type(module).__name__}", "--engine")
+            raise UserError(f"the fast engine needs a Cell2Net module, got {type(module).__name__}", param="engine")
         self.module = module.eval()
         self.params = params
         first = module.fc[0]
         if not isinstance(first, nn.Linear):
-            raise UserError("the head does not start with a Linear layer", "--engine")
+            raise UserError("the head does not start with a Linear layer", param="engine")
         self.first = first
         self.rest = module.fc[1:]
         self.w_tf = first.weight[:, module.tf_slice()].detach()  # (H, T)
@@ -90,10 +90,10 @@ def _exact_head_scale(rest: nn.Sequential) -> torch.Tensor:
     if kinds != [nn.ReLU, nn.BatchNorm1d, nn.Dropout, nn.Linear] or rest[3].out_features != 1:
         names = " -> ".join(k.__name__ for k in kinds)
         raise UserError(f"the exact method needs a ReLU -> BatchNorm1d -> Dropout -> Linear(., 1) head, "
-                        f"this one is {names}", "--method")
+                        f"this one is {names}", param="method")
     bn, out = rest[1], rest[3]
     if bn.training or not bn.track_running_stats or bn.running_var is None:
-        raise UserError("the exact method needs BatchNorm with running statistics, in eval mode", "--method")
+        raise UserError("the exact method needs BatchNorm with running statistics, in eval mode", param="method")
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight

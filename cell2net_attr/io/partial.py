@@ -3,8 +3,8 @@
 While a run computes, finished batches are gathered into chunks and each chunk is saved as
 ``.<output>.partial/chunk-<start>-<stop>.npz`` under a temporary name, then renamed: a chunk
 file either exists whole or not at all, whatever kills the process (SIGKILL included).
-``meta.json`` records the run's identity (gene, parameters, checkpoint, data and selection
-hashes). ``--resume`` keeps the contiguous chunks from row 0 on and computes the rest; the final
+``meta.json`` records the run's identity (:class:`~cell2net_attr.io.schema.RunIdentity` and the
+shard's place). ``--resume`` keeps the contiguous chunks from row 0 on and computes the rest; the final
 file is then assembled chunk by chunk by the ordinary writers and renamed into place.
 """
 
@@ -23,8 +23,6 @@ import numpy as np
 from ..errors import UserError
 from .writers import os_error, plain_value
 
-#: Identity keys that may differ between an interrupted run and its resumption.
-VOLATILE = ("device", "tool", "tool_version", "checkpoint", "data")
 _CHUNK = re.compile(r"^chunk-(\d{12})-(\d{12})\.npz$")
 
 
@@ -39,7 +37,7 @@ class PartialRun:
     def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
                  chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
         self.out, self.dir = out, partial_dir(out)
-        self.identity = {k: plain_value(v) for k, v in identity.items() if k not in VOLATILE}
+        self.identity = {k: plain_value(v) for k, v in identity.items()}
         # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
         self.chunk_rows = chunk_rows or int(os.environ.get("CELL2NET_ATTR_CHUNK_ROWS", 16384))
         self.chunk_seconds = chunk_seconds

@@ -20,10 +20,10 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
         return torch.device("cpu")
     m = re.fullmatch(r"cuda(?::(\d+))?", name)
     if not m:
-        raise UserError(f"unknown device '{name}', expected auto, cpu, cuda or cuda:N", "--device")
+        raise UserError(f"unknown device '{name}', expected auto, cpu, cuda or cuda:N", param="device")
     if not torch.cuda.is_available():
-        raise UserError(f"'{name}' requested but no CUDA GPU is available (torch {torch.__version__})", "--device")
+        raise UserError(f"'{name}' requested but no CUDA GPU is available (torch {torch.__version__})", param="device")
     index = int(m.group(1) or 0)
     if index >= torch.cuda.device_count():
-        raise UserError(f"'{name}' requested but only {torch.cuda.device_count()} GPU(s) are visible", "--device")
+        raise UserError(f"'{name}' requested but only {torch.cuda.device_count()} GPU(s) are visible", param="device")
     return torch.device(f"cuda:{index}")

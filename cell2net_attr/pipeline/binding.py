@@ -13,13 +13,15 @@ import torch
 
 from ..data.covariates import parse_covariates, require_covariates
 from ..data.gene_view import GeneData, load_gene_data, open_store
-from ..engines.base import IGParams, make_engine
+from ..data.rows import SharedRows
+from ..engines.base import IGParams
+from ..engines.registry import check_engine, make_engine
 from ..errors import UserError
 from ..model.architecture import Cell2NetModule
 from ..model.checkpoint import Checkpoint, infer_spec, load_checkpoint
 from ..model.device import resolve_device
 from .progress import Progress
-from .stream import run_engine
+from .stream import Blocks, EngineFeed, stream
 
 
 @dataclass
@@ -130,21 +132,24 @@ def as_model(model: Any) -> AttributionModel:
 def check_batching(batch_size: int, num_workers: int) -> None:
     """``--batch-size`` >= 1 and ``--num-workers`` >= 0, as integers."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"must be an integer >= 1, got {batch_size!r}", "--batch-size")
+        raise UserError(f"must be an integer >= 1, got {batch_size!r}", param="batch_size")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise UserError(f"must be an integer >= 0, got {num_workers!r}", "--num-workers")
+        raise UserError(f"must be an integer >= 0, got {num_workers!r}", param="num_workers")
 
 
 def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: str, batch_size: int,
               num_workers: int, sink, progress: Progress) -> None:
-    """Build the engine for ``m`` and stream ``rows`` through it into ``sink``."""
+    """Build the engine for ``m`` and stream ``rows`` through it into ``sink(start, attr, delta)``."""
+    info = check_engine(engine, params)
     check_batching(batch_size, num_workers)
+    blocks = Blocks.choose(info, batch_size)
     seq = torch.from_numpy(m.data.peak_seq).to(m.device)
     dist = torch.from_numpy(m.data.peak_dist).to(m.device)
-    eng = make_engine(engine, m.module, seq, dist, params)
+    feed = EngineFeed(make_engine(engine, m.module, seq, dist, params), m.device, blocks.compute, sink)
+    reader = SharedRows([m.data])
     progress.start(len(rows), m.gene)
     try:
-        run_engine(eng, m.data, rows, m.device, sink, batch_size, num_workers, progress.advance)
+        stream([feed.feed], reader.read, rows, blocks.read, num_workers, progress.advance)
     finally:
         progress.stop()
 

@@ -1,4 +1,4 @@
-"""``run-many``: one attribution file per gene checkpoint, the data file opened and hashed once.
+"""``run-many``: one attribution file per gene checkpoint, the data file opened, hashed and read once.
 
 Genes whose output already exists are skipped (outputs appear only when complete, so an existing
 file is a finished one). A gene that fails is recorded in ``run-report.tsv`` and the run goes on.
@@ -9,18 +9,27 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .._lists import is_list_file, read_list_file
+from ..data.selection import read_tokens, resolve_tokens
 from ..data.store import H5Store
-from ..errors import UserError
-from ..io.writers import atomic_output
+from ..errors import Terminated, UserError
+from ..io.writers import atomic_output, check_output
 from ..model.checkpoint import file_sha256
-from .run import RunOptions, run_one
+from .binding import load_model
+from .gene_job import JobSpec, Selection, compute, open_job
+from .progress import Progress
+from .run import RunOptions
 from .shards import Shard
+from .stream import Blocks
 
 REPORT = "run-report.tsv"
+#: Genes computed together from one pass over the data (bounds the models and buffers held at once).
+GROUP_GENES = 64
 FORMATS = ("h5", "npy")
 
 
@@ -66,52 +75,98 @@ def run_many(
     opts: RunOptions,
     on_gene: Callable[[int, int, GeneOutcome], None] | None = None,
     shard: Shard | None = None,
+    progress: Progress | None = None,
 ) -> list[GeneOutcome]:
     """Attribute every checkpoint against ``data`` into ``out_dir/<gene>.<fmt>``.
 
-    With a ``shard``, only that contiguous part of the genes is run and the report is
-    ``run-report-0000K-of-0000N.tsv``. Returns one outcome per gene; the report is written
-    even when interrupted.
+    The data file is opened, hashed and its cells selected once; genes are computed in groups of
+    :data:`GROUP_GENES`, each block of rows read once for the whole group. With a ``shard``, only that
+    contiguous part of the genes is run and the report is ``run-report-0000K-of-0000N.tsv``. Returns one
+    outcome per gene; the report is written even when interrupted.
     """
     report = out_dir / REPORT
     if shard is not None and shard.count > 1:
         start, stop = shard.bounds(len(checkpoints))
         checkpoints, report = checkpoints[start:stop], shard.path(report)
     if fmt not in FORMATS:
-        raise UserError(f"unknown format '{fmt}', choose from {', '.join(FORMATS)}", "--format")
-    opts.params()  # flag errors before any file is touched
+        raise UserError(f"unknown format '{fmt}', choose from {', '.join(FORMATS)}", param="fmt")
+    params, info, batch_size = opts.check()  # flag errors before any file is touched
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"cannot create output directory ({exc.strerror})", out_dir) from None
+        raise UserError(f"cannot create output directory ({exc.strerror})", out_dir) from exc
+    tokens = read_tokens(opts.idx) if opts.idx is not None else None
     store = H5Store(data, locking=opts.hdf5_locking)
     outcomes: list[GeneOutcome] = []
+
+    def record(outcome: GeneOutcome) -> None:
+        outcomes.append(outcome)
+        if on_gene is not None:
+            on_gene(len(outcomes) - 1, len(checkpoints), outcome)
+
     try:
-        data_sha = file_sha256(data)
-        for i, ck in enumerate(checkpoints):
-            outcome = _one_gene(ck, data, out_dir / f"{ck.stem}.{fmt}", opts, store, data_sha)
-            outcomes.append(outcome)
-            if on_gene is not None:
-                on_gene(i, len(checkpoints), outcome)
+        todo = []
+        for ck in checkpoints:
+            out = out_dir / f"{ck.stem}.{fmt}"
+            if out.exists() and not opts.overwrite:
+                record(GeneOutcome(ck.stem, ck, "skipped", out))
+            else:
+                todo.append((ck, out))
+        if todo:
+            names = store.memo("obs names", lambda: store.cell_names("obs"))
+            selected = resolve_tokens(tokens, names.index, opts.idx_type) if tokens is not None else np.arange(len(names))
+            spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(todo)), Selection.of(names, selected),
+                           0, len(selected), data_sha256=file_sha256(data), resume=opts.resume,
+                           hdf5_locking=opts.hdf5_locking)
+            for a in range(0, len(todo), GROUP_GENES):
+                _run_group(todo[a : a + GROUP_GENES], data, store, spec, opts, record, progress)
     finally:
         store.close()
         write_report(report, outcomes)
     return outcomes
 
 
-def _one_gene(ck: Path, data: Path, out: Path, opts: RunOptions, store: H5Store, data_sha: str) -> GeneOutcome:
-    if out.exists() and not opts.overwrite:
-        return GeneOutcome(ck.stem, ck, "skipped", out)
-    t0 = time.monotonic()
-    try:
-        run_one(ck, data, replace(opts, out=out, gene=None), store=store, data_sha256=data_sha)
-    except UserError as exc:
-        return GeneOutcome(ck.stem, ck, "failed", out, time.monotonic() - t0, str(exc))
-    except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return GeneOutcome(ck.stem, ck, "failed", out, time.monotonic() - t0,
-                           f"internal error: {type(exc).__name__}: {first}")
-    return GeneOutcome(ck.stem, ck, "done", out, time.monotonic() - t0)
+def _run_group(group: list[tuple[Path, Path]], data: Path, store: H5Store, spec: JobSpec, opts: RunOptions,
+               record: Callable[[GeneOutcome], None], progress: Progress | None) -> None:
+    """Load and check each gene of the group, compute them together, then write each output."""
+    jobs = []
+    for ck, out in group:
+        t0 = time.monotonic()
+        try:
+            check_output(out, opts.overwrite, [ck, data])
+            if opts.delta and out.suffix == ".npy":
+                raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", out)
+            model = load_model(ck, store, None, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod)
+            job = open_job(model, out, spec, ck, data)
+            job.seconds = time.monotonic() - t0
+            jobs.append(job)
+        except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
+            record(_failed(ck, out, exc, time.monotonic() - t0))
+    compute(jobs, opts.num_workers, progress, isolate=True)
+    for i, job in enumerate(jobs):
+        ck = Path(job.attrs["checkpoint"])
+        if job.failed is None:
+            try:
+                job.finish()
+            except (KeyboardInterrupt, Terminated) as exc:
+                hints = [j.interrupted() for j in jobs[i:] if j.failed is None]
+                exc.resume_hint = (f"finished chunks of {len(hints)} genes saved; rerun the same "  # type: ignore
+                                   f"command with --resume to continue")
+                raise
+            except Exception as exc:  # noqa: BLE001
+                job.failed = exc
+                job.partial.discard()
+        if job.failed is not None:
+            record(_failed(ck, job.out, job.failed, job.seconds))
+        else:
+            record(GeneOutcome(job.gene, ck, "done", job.out, job.seconds))
+
+
+def _failed(ck: Path, out: Path, exc: BaseException, seconds: float) -> GeneOutcome:
+    if isinstance(exc, UserError):
+        return GeneOutcome(ck.stem, ck, "failed", out, seconds, str(exc))
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return GeneOutcome(ck.stem, ck, "failed", out, seconds, f"internal error: {type(exc).__name__}: {first}")
 
 
 def write_report(path: Path, outcomes: list[GeneOutcome]) -> None:

@@ -40,10 +40,10 @@ def parse_shard(text: str) -> Shard:
     """``K/N`` with 0 <= K < N."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m:
-        raise UserError(f"expected K/N (e.g. 0/4), got '{text}'", "--shard")
+        raise UserError(f"expected K/N (e.g. 0/4), got '{text}'", param="shard")
     k, n = int(m.group(1)), int(m.group(2))
     if n < 1 or not 0 <= k < n:
-        raise UserError(f"'{text}': need N >= 1 and 0 <= K < N", "--shard")
+        raise UserError(f"'{text}': need N >= 1 and 0 <= K < N", param="shard")
     return Shard(k, n)
 
 

@@ -1,0 +1,77 @@
+"""The engines by name, each with what it supports; choosing one checks the run parameters against it.
+
+Engines are imported only when built, so that listing them (``--help``) never loads torch or captum.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+from .base import METHODS, MODULE_MODES, QUADRATURE_METHODS, TARGETS, Engine, IGParams
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """An engine's name, what it supports, its default batch and where its class lives."""
+
+    name: str
+    summary: str
+    methods: tuple[str, ...]
+    module_modes: tuple[str, ...]
+    targets: tuple[str, ...]
+    default_batch: int
+    factory: str  # "module:Class", imported on first use
+    compute_block: int | None = None  # cells per engine call; None = exactly the batch size (upstream's batches)
+
+    def check(self, params: IGParams) -> None:
+        """Raise :class:`UserError`, naming the parameter, for what this engine cannot do."""
+        if params.method not in self.methods:
+            other = next((e.name for e in ENGINES.values() if params.method in e.methods), None)
+            hint = f": use engine '{other}' (--engine {other})" if other else ""
+            raise UserError(f"the {self.name} engine does not support method '{params.method}'{hint}",
+                            param="method")
+        if params.module_mode not in self.module_modes:
+            other = next((e.name for e in ENGINES.values() if params.module_mode in e.module_modes), None)
+            hint = f": train mode is stochastic and runs only on engine '{other}' (--engine {other})" if other else ""
+            raise UserError(f"the {self.name} engine does not run in {params.module_mode} mode{hint}",
+                            param="module_mode")
+        if params.target not in self.targets:
+            raise UserError(f"the {self.name} engine does not attribute '{params.target}'", param="target")
+
+
+ENGINES: dict[str, EngineInfo] = {
+    "fast": EngineInfo("fast", "structured IG: only what lies on the path is recomputed", METHODS, ("eval",),
+                       TARGETS, 256, "fast:FastEngine", compute_block=512),
+    "captum": EngineInfo("captum", "captum over the whole module, as upstream runs it (the reference)",
+                         QUADRATURE_METHODS, MODULE_MODES, TARGETS, 4, "captum:CaptumEngine"),
+}
+
+
+def engine_info(name: str) -> EngineInfo:
+    """The registered engine ``name``."""
+    if name not in ENGINES:
+        raise UserError(f"unknown engine '{name}', choose from {', '.join(ENGINES)}", param="engine")
+    return ENGINES[name]
+
+
+def check_engine(name: str, params: IGParams | None = None) -> EngineInfo:
+    """The engine ``name``, after checking that it supports ``params``."""
+    info = engine_info(name)
+    if params is not None:
+        info.check(params)
+    return info
+
+
+def make_engine(name: str, module: torch.nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor,
+                params: IGParams) -> Engine:
+    """Build the engine ``name`` for a module whose shared inputs are on its device."""
+    info = check_engine(name, params)
+    module_name, class_name = info.factory.split(":")
+    cls = getattr(importlib.import_module(f"{__package__}.{module_name}"), class_name)
+    return cls(module, peak_seq, peak_dist, params)

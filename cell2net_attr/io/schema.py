@@ -1,0 +1,128 @@
+"""The output contract: every name our outputs use, their encoding version, and the run identity.
+
+One home for what `run` writes, `--resume` compares, `merge` checks and the readers expect:
+
+* HDF5 (``.h5``/``.hdf5``): datasets :data:`ATTRIBUTIONS` (cells x features, float32),
+  :data:`OBS_NAMES`, the feature names (:data:`FEATURE_NAMES` of the target), optionally
+  :data:`DELTA`; the run's identity, provenance and shard place as root attributes, with
+  ``encoding-type`` :data:`ENCODING_TYPE` and ``encoding-version`` :data:`ENCODING_VERSION`.
+* AnnData (``.h5ad``): ``X`` = attributions, ``var`` = the features, ``obs`` = the cells (with
+  ``convergence_delta``), the same attributes in ``uns[UNS_KEY]``.
+* ``.npy``: the matrix alone, with a JSON sidecar ``<out>.json`` holding the attributes and names.
+
+:class:`RunIdentity` holds everything that changes what is stored: two outputs, a resumed run and
+its saved chunks, or the shards of one run belong together only when their identities are equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+ENCODING_TYPE = "cell2net-attr"
+ENCODING_VERSION = "1.0.0"
+
+ATTRIBUTIONS = "attributions"
+OBS_NAMES = "obs_names"
+DELTA = "convergence_delta"
+FEATURE_NAMES = {"tfs": "tf_names", "peaks": "peak_names"}
+FEATURE_LABEL = {"tfs": "TF", "peaks": "peak"}
+UNS_KEY = "cell2net_attr"
+SIDECAR_SUFFIX = ".json"
+
+#: Output suffixes and the format each names.
+FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
+
+#: Attributes that say where a shard's rows sit in the whole selection.
+SHARD_PLACE = ("shard_index", "row_start")
+#: Attributes that say where and by what an output was made; they may differ between shards and resumes.
+PROVENANCE = ("device", "tool", "tool_version", "checkpoint", "data", "data_layout", "merged_from")
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What an output stores, beyond the numbers themselves."""
+
+    target: str
+    gene: str
+    engine: str
+    method: str
+    n_steps: int
+    multiply_by_inputs: bool
+    module_mode: str
+    seed: int
+    delta: bool
+    format: str
+    covariates: str
+    checkpoint_sha256: str
+    data_sha256: str
+    selection_sha256: str
+    n_rows_total: int
+    shard_count: int
+    baseline: str = "zero"
+
+    def attrs(self) -> dict[str, Any]:
+        """Plain attribute values (for HDF5 attributes, ``uns`` and JSON)."""
+        return asdict(self)
+
+    def differences(self, other: RunIdentity) -> list[str]:
+        """Names of the fields that differ from ``other``'s."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], source: str | Path, has_delta: bool = False,
+                   fmt: str = "h5") -> RunIdentity:
+        """The identity stored in an output's attributes.
+
+        Outputs written before the encoding version 1.0.0 lack ``target``, ``delta`` and ``format``:
+        they were TF attributions, with a delta when the dataset is there, in the file's own format.
+        """
+        values = {k: _plain(v) for k, v in attrs.items()}
+        values.setdefault("target", "tfs")
+        values.setdefault("delta", has_delta)
+        values.setdefault("format", fmt)
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "baseline"]
+        if missing:
+            raise UserError(f"not a cell2net-attr output (lacks {', '.join(missing[:3])})", source)
+        kwargs = {f.name: values[f.name] for f in fields(cls) if f.name in values}
+        for name in ("n_steps", "seed", "n_rows_total", "shard_count"):
+            kwargs[name] = int(kwargs[name])
+        for name in ("multiply_by_inputs", "delta"):
+            kwargs[name] = bool(kwargs[name])
+        for name in ("target", "gene", "engine", "method", "module_mode", "format", "covariates",
+                     "checkpoint_sha256", "data_sha256", "selection_sha256", "baseline"):
+            if name in kwargs:
+                kwargs[name] = str(kwargs[name])
+        return cls(**kwargs)
+
+
+def output_attrs(identity: RunIdentity, shard_index: int, row_start: int, provenance: dict[str, Any]) -> dict:
+    """Every attribute an output carries: encoding, identity, shard place and provenance."""
+    unknown = sorted(set(provenance) - set(PROVENANCE))
+    if unknown:
+        raise ValueError(f"not provenance keys: {unknown}")
+    return {"encoding-type": ENCODING_TYPE, "encoding-version": ENCODING_VERSION, **identity.attrs(),
+            "shard_index": int(shard_index), "row_start": int(row_start), **provenance}
+
+
+def output_format(path: Path) -> str:
+    """The format named by an output's suffix."""
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UserError(f"unknown output format '{Path(path).suffix}', use {', '.join(FORMATS)}", path)
+    return fmt
+
+
+def sidecar_path(path: Path) -> Path:
+    """``G.npy`` -> ``G.npy.json``: the names and attributes of a ``.npy`` output."""
+    return Path(path).with_name(Path(path).name + SIDECAR_SUFFIX)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and bytes as plain Python values."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    return value.decode() if isinstance(value, bytes) else value

@@ -6,11 +6,13 @@ missing module into a clear error instead of an ``ImportError`` deep inside a ru
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 
-def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
+@functools.lru_cache(maxsize=64)
+def quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """captum's integration nodes ``alphas`` in [0, 1] and weights ``steps`` for ``method``.
 
     The fast engines use captum's own quadrature so that they integrate exactly as the reference does.
@@ -21,7 +23,7 @@ def quadrature(method: str, n_steps: int) -> tuple[list[float], list[float]]:
         raise RuntimeError(f"this captum ({_version('captum')}) has no approximation_parameters; "
                            f"install captum>=0.7,<1") from exc
     step_fn, alpha_fn = approximation_parameters(method)
-    return list(alpha_fn(n_steps)), list(step_fn(n_steps))
+    return tuple(alpha_fn(n_steps)), tuple(step_fn(n_steps))  # immutable: cached for every gene
 
 
 def read_elem(elem: Any) -> Any:

@@ -69,9 +69,28 @@ def random_sequences(rng: np.random.Generator, n: int, length: int) -> list[str]
     return seqs
 
 
+def random_counts(rng: np.random.Generator, n_rows: int, n_cols: int, per_row: float, lam: float):
+    """A CSR count matrix with about ``per_row`` nonzeros per row (Poisson(``lam``) + 1), built in O(nnz)."""
+    import scipy.sparse as sp
+
+    total = int(n_rows * per_row)
+    keys = np.unique(rng.integers(0, n_rows, total, dtype=np.int64) * n_cols
+                     + rng.integers(0, n_cols, total, dtype=np.int64))
+    rows, cols = np.divmod(keys, n_cols)
+    data = (rng.poisson(lam, len(keys)) + 1).astype(np.float32)
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_rows))))
+    return sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=(n_rows, n_cols))
+
+
 def write_mudata(path: str | Path, genes: list[GeneSpec], n_cells: int, n_tfs_total: int,
-                 n_covariates: int = 2, peak_len: int = 256, seed: int = 0) -> dict[str, list[str]]:
-    """Write a full multi-gene ``.h5mu``; returns each gene's TFs in model order."""
+                 n_covariates: int = 2, peak_len: int = 256, seed: int = 0, background_genes: int = 0,
+                 background_peaks: int = 0, rna_per_cell: float | None = None,
+                 atac_per_cell: float | None = None) -> dict[str, list[str]]:
+    """Write a full multi-gene ``.h5mu``; returns each gene's TFs in model order.
+
+    ``background_genes``/``background_peaks`` add columns no model reads (a wide atlas), and
+    ``rna_per_cell``/``atac_per_cell`` set the nonzeros per cell (default: densities 0.3 and 0.2).
+    """
     import anndata as ad
     import mudata as md
     import pandas as pd
@@ -81,7 +100,7 @@ def write_mudata(path: str | Path, genes: list[GeneSpec], n_cells: int, n_tfs_to
     rng = np.random.default_rng(seed)
     tf_names = [f"TF{i}" for i in range(n_tfs_total)]
     gene_names = [g.name for g in genes]
-    rna_vars = gene_names + [t for t in tf_names if t not in gene_names]
+    rna_vars = gene_names + [t for t in tf_names if t not in gene_names] + [f"BG{i}" for i in range(background_genes)]
     obs_names = [f"cell_{i:07d}" for i in range(n_cells)]
     obs = pd.DataFrame({f"cov{j}": rng.normal(size=n_cells).astype(np.float32) for j in range(n_covariates)},
                        index=obs_names)
@@ -100,11 +119,18 @@ def write_mudata(path: str | Path, genes: list[GeneSpec], n_cells: int, n_tfs_to
             peaks_all.append(name)
             rows.append((g.name, name, int(rng.integers(0, 500_000))))
     p2g = pd.DataFrame(rows, columns=["gene", "peak", "distance"])
+    peaks_all += [f"chrB-{1000 * (i + 1)}-{1000 * (i + 1) + 500}" for i in range(background_peaks)]
 
-    rna_counts = sp.random(n_cells, len(rna_vars), density=0.3, format="csr", random_state=seed,
-                           data_rvs=lambda k: rng.poisson(3, k) + 1).astype(np.float32)
-    atac_counts = sp.random(n_cells, len(peaks_all), density=0.2, format="csr", random_state=seed + 1,
-                            data_rvs=lambda k: rng.poisson(2, k) + 1).astype(np.float32)
+    if rna_per_cell is None:
+        rna_counts = sp.random(n_cells, len(rna_vars), density=0.3, format="csr", random_state=seed,
+                               data_rvs=lambda k: rng.poisson(3, k) + 1).astype(np.float32)
+    else:
+        rna_counts = random_counts(rng, n_cells, len(rna_vars), rna_per_cell, 3)
+    if atac_per_cell is None:
+        atac_counts = sp.random(n_cells, len(peaks_all), density=0.2, format="csr", random_state=seed + 1,
+                                data_rvs=lambda k: rng.poisson(2, k) + 1).astype(np.float32)
+    else:
+        atac_counts = random_counts(rng, n_cells, len(peaks_all), atac_per_cell, 2)
     rna = ad.AnnData(X=rna_counts.copy(), obs=obs.copy(), var=pd.DataFrame(index=rna_vars))
     rna.layers["counts"] = rna_counts
     rna.uns["gene_tf"] = gene_tf

@@ -260,16 +260,16 @@ def _sequences(store: Store, peaks: list[str], atac_mod: str) -> list[str]:
     if store.has(key):
         table = store.read(key)
         if isinstance(table, pd.DataFrame) and "sequence" in table.columns:
-            table.index = table.index.astype(str)  # idempotent (memoised table)
-            absent = [p for p in peaks if p not in table.index]
-            if absent:
+            seqs, repeated = store.memo(("sequences", key), lambda: _sequence_lookup(table))
+            pos = seqs.index.get_indexer(peaks)
+            if (pos < 0).any():
+                absent = [p for p, i in zip(peaks, pos) if i < 0]
                 raise UserError(f"peak(s) {absent[:5]} have no row in {atac_mod}.uns['peaks']", store.source)
-            clash = sorted(set(table.index[table.index.duplicated()]) & set(peaks))
+            clash = sorted(repeated & set(peaks))
             if clash:
                 raise UserError(f"peak(s) {clash[:5]} have more than one row in {atac_mod}.uns['peaks']",
                                 store.source)
-            table = table[~table.index.duplicated()]
-            return [str(s) if isinstance(s, str) else s for s in table.loc[peaks, "sequence"].tolist()]
+            return [str(s) if isinstance(s, str) else s for s in seqs.to_numpy()[pos]]
     var_key = f"mod/{atac_mod}/var"
     if "dna_sequence" in store.columns(var_key):
         names = store.index(var_key)
@@ -277,6 +277,14 @@ def _sequences(store: Store, peaks: list[str], atac_mod: str) -> list[str]:
         return values[~values.index.duplicated()].loc[peaks].tolist()
     raise UserError(f"no peak sequences: neither {atac_mod}.uns['peaks']['sequence'] "
                     f"nor {atac_mod}.var['dna_sequence']", store.source)
+
+
+def _sequence_lookup(table: pd.DataFrame) -> tuple[pd.Series, set[str]]:
+    """The sequence column by peak name (first of repeated names) and the repeated names, once per file."""
+    index = table.index.astype(str)
+    repeated = set(index[index.duplicated()])
+    first = ~index.duplicated()
+    return pd.Series(table["sequence"].to_numpy()[first], index=index[first]), repeated
 
 
 def _shared_row_map(store: Store, mod: str, obs_names: CellNames) -> np.ndarray | None:

@@ -2,12 +2,14 @@
 
 Along the IG path only the TF expression moves, and it enters the model at the head's
 first Linear layer. So the sequence encoder runs once per gene (eval-mode normalisation
-is per sample), the accessibility merge and attention once per cell, and the first
-Linear once per cell: its pre-activation along the path is ``a + alpha * u`` with
-``a = W x(tf=0) + b`` and ``u = W_tf tf``. Only the rest of the head is evaluated at
-the ``n_steps`` points, and its gradient with respect to the pre-activation, pulled back
-through ``W_tf``, is the gradient captum integrates. The quadrature nodes and weights are
-captum's own.
+is per sample), the peak encoder (:class:`PeakEncoder`: merge and attention) once per cell,
+and the first Linear once per cell, its distance and bias terms once per gene: its
+pre-activation along the path is ``a + alpha * u`` with ``a = W x(tf=0) + b`` and
+``u = W_tf tf``. Only the rest of the head is evaluated at the ``n_steps`` points; for
+upstream's ReLU -> BatchNorm -> Dropout -> Linear head its gradient with respect to the
+pre-activation is a constant row masked by the open ReLUs, so no autograd is needed. Pulled
+back through ``W_tf``, it is the gradient captum integrates. The quadrature nodes and
+weights are captum's own.
 
 ``method="exact"``: for a head ReLU -> BatchNorm(eval) -> Dropout(eval) -> Linear the
 gradient along the path is piecewise constant, so the integral is exact in closed form:
@@ -23,6 +25,7 @@ from .._compat import quadrature
 from ..errors import UserError
 from ..model.architecture import Cell2NetModule
 from .base import IGParams
+from .peak_encoder import PeakEncoder
 
 
 class FastEngine:
@@ -39,15 +42,23 @@ class FastEngine:
         first = module.fc[0]
         if not isinstance(first, nn.Linear):
             raise UserError("the head does not start with a Linear layer", param="engine")
-        self.first = first
         self.rest = module.fc[1:]
-        self.w_tf = first.weight[:, module.tf_slice()].detach()  # (H, T)
+        spec = module.spec
+        w = first.weight.detach()
+        n_enc = spec.n_peaks * spec.n_dims
+        self.w_peaks_t = w[:, :n_enc].T.contiguous()  # (P*D, H)
+        self.w_tf = w[:, module.tf_slice()]  # (H, T)
+        self.w_cov_t = w[:, module.tf_slice().stop:].T.contiguous()  # (C, H)
         with torch.no_grad():
-            self.seq_embd = module.encode_sequences(peak_seq.unsqueeze(0))  # (1, P, F*L')
-        self.peak_dist = peak_dist.unsqueeze(0)
-        device, dtype = peak_dist.device, self.w_tf.dtype
+            seq_embd = module.encode_sequences(peak_seq.unsqueeze(0))  # (1, P, F*L')
+            self.encoder = PeakEncoder(module, seq_embd)
+            # the distances and the bias are the same for every cell: one constant row of the pre-activation
+            self.const = (peak_dist @ w[:, n_enc : n_enc + spec.n_peaks].T + first.bias.detach()).unsqueeze(0)
+        device, dtype = peak_dist.device, w.dtype
+        self.head_scale = _standard_head_scale(self.rest)  # None: a head of another shape, by autograd
         if params.method == "exact":
-            self._bn_scale = _exact_head_scale(self.rest)
+            if self.head_scale is None:
+                _exact_head_scale(self.rest)  # raises, naming the head's layers
         else:
             alphas, steps = quadrature(params.method, params.n_steps)
             self.alphas = torch.tensor(alphas, dtype=dtype, device=device)
@@ -56,15 +67,19 @@ class FastEngine:
     @torch.no_grad()
     def _path(self, peak_acc: torch.Tensor, tf_exp: torch.Tensor, covariates: torch.Tensor):
         """Pre-activation of the head at the baseline (``a``) and its direction (``u``)."""
-        b = peak_acc.shape[0]
-        peaks = self.module.encode_peaks(self.seq_embd.expand(b, -1, -1), peak_acc)
-        x0 = self.module.head_input(peaks, self.peak_dist.expand(b, -1), torch.zeros_like(tf_exp), covariates)
-        return self.first(x0), tf_exp @ self.w_tf.T
+        a = torch.addmm(self.const, self.encoder(peak_acc), self.w_peaks_t)
+        if covariates.shape[1]:
+            a = a.addmm_(covariates, self.w_cov_t)
+        return a, tf_exp @ self.w_tf.T
 
     def _integrated_grad(self, a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Integral over the path of d output / d pre-activation, (B, H)."""
         if self.params.method == "exact":
-            return self._bn_scale * _active_fraction(a, u)
+            return self.head_scale * _active_fraction(a, u)
+        if self.head_scale is not None:
+            # ReLU -> BatchNorm -> Dropout -> Linear in eval: the gradient is scale where the ReLU is open
+            active = (a.unsqueeze(1) + self.alphas.view(1, -1, 1) * u.unsqueeze(1)) > 0  # (B, K, H)
+            return torch.einsum("bkh,k->bh", active.to(a.dtype), self.steps) * self.head_scale
         b, h = a.shape
         points = (a.unsqueeze(1) + self.alphas.view(1, -1, 1) * u.unsqueeze(1)).reshape(-1, h)
         points.requires_grad_(True)
@@ -82,6 +97,14 @@ class FastEngine:
             with torch.no_grad():
                 delta = attr.sum(dim=1) - (self.rest(a + u) - self.rest(a))[:, 0]
         return attr.detach(), delta
+
+
+def _standard_head_scale(rest: nn.Sequential) -> torch.Tensor | None:
+    """``_exact_head_scale`` for upstream's head, ``None`` for any other."""
+    try:
+        return _exact_head_scale(rest)
+    except UserError:
+        return None
 
 
 def _exact_head_scale(rest: nn.Sequential) -> torch.Tensor:

@@ -9,12 +9,14 @@ supplies the peak length and is cross-checked.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -37,12 +39,14 @@ class Checkpoint:
 
     def build_module(self) -> Cell2NetModule:
         """A fresh module in eval mode with the checkpoint's weights loaded strictly."""
-        module = Cell2NetModule(self.spec)
+        with torch.device("meta"):  # no initialisation: every tensor comes from the checkpoint
+            module = Cell2NetModule(self.spec)
+        state = {k: v.clone() for k, v in self.state_dict.items()}  # the module never shares the checkpoint's
         try:
-            module.load_state_dict(self.state_dict, strict=True)
+            module.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:  # shapes were checked; this is a last line of defence
             first = str(exc).strip().splitlines()[0]
-            raise UserError(f"state dict does not fit the inferred architecture ({first})", self.path) from None
+            raise UserError(f"state dict does not fit the inferred architecture ({first})", self.path) from exc
         return module.eval()
 
 
@@ -181,11 +185,33 @@ def _spec_from_summary(summary: dict, path: Path, **inferred) -> ModelSpec:
     return ModelSpec(**counts, **inferred)
 
 
+def reference_shapes(spec: ModelSpec) -> dict[str, _Shape]:
+    """Shape and floating-ness of every tensor of the module ``spec`` describes.
+
+    Only the head's first Linear depends on the peak, TF and covariate counts, so the rest is derived
+    once per architecture (every gene of an atlas shares it) from a module on the meta device, where a
+    spec with absurd sizes (a corrupt summary) allocates nothing.
+    """
+    shapes = dict(_architecture_shapes(replace(spec, n_tfs=0, n_covariates=0)))
+    shapes["fc.0.weight"] = _Shape((spec.head_hidden, spec.head_in), True)
+    return shapes
+
+
+class _Shape(NamedTuple):
+    shape: tuple[int, ...]
+    floating: bool
+
+
+@functools.lru_cache(maxsize=32)
+def _architecture_shapes(spec: ModelSpec) -> tuple[tuple[str, _Shape], ...]:
+    with torch.device("meta"):
+        state = Cell2NetModule(spec).state_dict()
+    return tuple((k, _Shape(tuple(v.shape), v.is_floating_point())) for k, v in state.items())
+
+
 def _check_shapes(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> None:
     """Every tensor of the module must have the shape the spec implies."""
-    # shapes only: on the meta device a spec with absurd sizes (a corrupt summary) allocates nothing
-    with torch.device("meta"):
-        reference = Cell2NetModule(spec).state_dict()
+    reference = reference_shapes(spec)
     missing = [k for k in reference if k not in state]
     extra = [k for k in state if k not in reference]
     if missing or extra:
@@ -196,7 +222,7 @@ def _check_shapes(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -
             parts.append(f"unexpected {extra[:3]}")
         raise UserError("state dict keys differ from a Cell2Net 0.13 module: " + ", ".join(parts), path)
     for key, tensor in reference.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
+        if tuple(state[key].shape) != tensor.shape:
             hint = ""
             if key == "fc.0.weight":
                 hint = (f" (n_peaks={spec.n_peaks}, n_dims={spec.n_dims}, n_tfs={spec.n_tfs}, "
@@ -204,5 +230,5 @@ def _check_shapes(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -
             elif key == "merge_seq_atac.0.weight":
                 hint = f" (peak_len={spec.peak_len} from module_summary)"
             raise UserError(f"'{key}' has shape {list(state[key].shape)}, expected {list(tensor.shape)}{hint}", path)
-        if tensor.is_floating_point() and not state[key].is_floating_point():
+        if tensor.floating and not state[key].is_floating_point():
             raise UserError(f"'{key}' has dtype {state[key].dtype}, expected floating point", path)

@@ -1,0 +1,150 @@
+"""Whole-atlas benchmark: `run-many` over every gene and every cell of a wide synthetic atlas.
+
+The atlas is what users run on: many background genes and peaks that no model reads, sparse counts
+(about 400 nonzeros per cell of RNA, 3,000 of ATAC), and several gene models of 100 peaks with
+80-200 TFs (the README's architecture). Prints, in one run:
+
+* cell-genes per second and peak RSS of the real command line (its own process, `os.wait4`);
+* the share of that time spent reading (one read-only pass over the same rows and columns);
+* per-gene fixed costs (checkpoint, sequence encoder, data checks) against a gene's compute time;
+* with `--baseline DIR` (an older checkout), the same command run from there and the speed-up.
+
+    python benchmarks/bench_atlas.py [--cells 20000] [--genes 24] [--device cpu] [--baseline /tmp/base]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cell2net_attr.model.architecture import ModelSpec
+from cell2net_attr.synthetic import GeneSpec, random_module, save_checkpoint, write_mudata
+
+RNA_VARS, RNA_PER_CELL = 4_000, 400
+ATAC_PEAKS, ATAC_PER_CELL = 60_000, 3_000
+N_TFS = 300
+
+
+def build(root: Path, n_cells: int, n_genes: int) -> tuple[Path, Path]:
+    """The atlas and its checkpoints under ``root`` (reused when already there)."""
+    data, models = root / "atlas.h5mu", root / "models"
+    if data.exists() and models.is_dir() and len(list(models.glob("*.pt"))) == n_genes:
+        return data, models
+    shutil.rmtree(root, ignore_errors=True)
+    models.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    genes = [GeneSpec(f"G{i:03d}", 100, int(rng.integers(80, 201))) for i in range(n_genes)]
+    n_model_peaks = 100 * n_genes
+    t0 = time.perf_counter()
+    write_mudata(data, genes, n_cells, N_TFS, n_covariates=2, seed=1,
+                 background_genes=RNA_VARS - n_genes - N_TFS, background_peaks=ATAC_PEAKS - n_model_peaks,
+                 rna_per_cell=RNA_PER_CELL, atac_per_cell=ATAC_PER_CELL)
+    for i, g in enumerate(genes):
+        spec = ModelSpec(n_peaks=g.n_peaks, peak_len=256, n_tfs=g.n_tfs, n_covariates=2,
+                         n_filters=(64, 32, 32, 16), n_channels=4, kernel_size=5, n_dims=16, n_attn_blocks=1)
+        save_checkpoint(random_module(spec, seed=10 + i), models / f"{g.name}.pt")
+    print(f"built {data} ({data.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f}s",
+          file=sys.stderr)
+    return data, models
+
+
+def run_many(code: Path, data: Path, models: Path, out: Path, device: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of `run-many` run from the checkout ``code``."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    cmd = [sys.executable, "-m", "cell2net_attr", "run-many", str(models), str(data), "--out-dir", str(out),
+           "--covariates", "cov0,cov1", "--device", device, "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=code)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"run-many failed (from {code})")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def reading_seconds(data: Path, models: Path) -> float:
+    """One pass over every row of every gene's columns, as run-many reads them (no compute)."""
+    from cell2net_attr.data.rows import SharedRows
+    from cell2net_attr.data.store import H5Store
+    from cell2net_attr.pipeline.binding import load_model
+    from cell2net_attr.pipeline.stream import JOB_READ_ROWS
+
+    store = H5Store(data)
+    genes = [load_model(ck, store, None, "cov0,cov1", "cpu").data for ck in sorted(models.glob("*.pt"))]
+    reader = SharedRows(genes)
+    rows = np.arange(genes[0].n_cells)
+    t0 = time.perf_counter()
+    for a in range(0, len(rows), JOB_READ_ROWS):
+        reader.read(rows[a : a + JOB_READ_ROWS])
+    seconds = time.perf_counter() - t0
+    store.close()
+    return seconds
+
+
+def fixed_costs(data: Path, models: Path, device: str) -> float:
+    """Mean seconds per gene to load its checkpoint, check it against the data and build its engine."""
+    import torch
+
+    from cell2net_attr.data.store import H5Store
+    from cell2net_attr.engines.base import IGParams
+    from cell2net_attr.engines.registry import make_engine
+    from cell2net_attr.pipeline.binding import load_model
+
+    store = H5Store(data)
+    cks = sorted(models.glob("*.pt"))
+    load_model(cks[0], store, None, "cov0,cov1", device)  # what every gene shares is derived once per job
+    t0 = time.perf_counter()
+    for ck in cks:
+        m = load_model(ck, store, None, "cov0,cov1", device)
+        make_engine("fast", m.module, torch.from_numpy(m.data.peak_seq).to(m.device),
+                    torch.from_numpy(m.data.peak_dist).to(m.device), IGParams())
+    seconds = (time.perf_counter() - t0) / len(cks)
+    store.close()
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cells", type=int, default=20_000)
+    ap.add_argument("--genes", type=int, default=24)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/c2n-atlas"))
+    ap.add_argument("--baseline", type=Path, help="an older checkout to run the same command from")
+    args = ap.parse_args()
+    here = Path(__file__).resolve().parents[1]
+    data, models = build(args.dir / f"{args.cells}x{args.genes}", args.cells, args.genes)
+    cell_genes = args.cells * args.genes
+    print(f"atlas: {args.cells} cells; rna {RNA_VARS} vars (~{RNA_PER_CELL} nnz/cell); atac {ATAC_PEAKS} peaks "
+          f"(~{ATAC_PER_CELL} nnz/cell); {args.genes} models of 100 peaks, 80-200 TFs; n_steps 100; "
+          f"device {args.device}; {os.cpu_count()} CPUs", flush=True)
+    rows = []
+    if args.baseline:
+        rows.append(("baseline", *run_many(args.baseline, data, models, args.dir / "out-base", args.device)))
+    rows.append(("this checkout", *run_many(here, data, models, args.dir / "out", args.device)))
+    print(f"\n{'run-many from':<16}{'seconds':>10}{'cell-genes/s':>14}{'ms/cell-gene':>14}{'peak RSS MiB':>14}")
+    for name, seconds, rss in rows:
+        print(f"{name:<16}{seconds:>10.1f}{cell_genes / seconds:>14,.0f}{1000 * seconds / cell_genes:>14.4f}"
+              f"{rss:>14.0f}")
+    seconds = rows[-1][1]
+    reading = reading_seconds(data, models)
+    fixed = fixed_costs(data, models, args.device)
+    per_gene = seconds / args.genes
+    print(f"\nreading (one pass over every gene's rows and columns): {reading:.2f}s = "
+          f"{100 * reading / seconds:.1f}% of the run")
+    print(f"per-gene fixed cost (checkpoint, data checks, engine): {1000 * fixed:.0f} ms = "
+          f"{100 * fixed / per_gene:.1f}% of a gene's time at {args.cells} cells "
+          f"({100 * fixed / (per_gene * 10_000 / args.cells):.1f}% at 10,000 cells)")
+    if args.baseline:
+        print(f"speed-up over the baseline: {rows[0][1] / seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

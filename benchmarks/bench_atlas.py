@@ -118,9 +118,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/c2n-atlas"))
     ap.add_argument("--baseline", type=Path, help="an older checkout to run the same command from")
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build_only:
+        build(args.dir / f"{args.cells}x{args.genes}", args.cells, args.genes)
+        return
     here = Path(__file__).resolve().parents[1]
-    data, models = build(args.dir / f"{args.cells}x{args.genes}", args.cells, args.genes)
+    root = args.dir / f"{args.cells}x{args.genes}"
+    # built in a child: a parent that once held the atlas in memory would lend its RSS to the runs it forks
+    subprocess.run([sys.executable, __file__, "--build-only", "--cells", str(args.cells), "--genes", str(args.genes),
+                    "--dir", str(args.dir)], check=True)
+    data, models = root / "atlas.h5mu", root / "models"
     cell_genes = args.cells * args.genes
     print(f"atlas: {args.cells} cells; rna {RNA_VARS} vars (~{RNA_PER_CELL} nnz/cell); atac {ATAC_PEAKS} peaks "
           f"(~{ATAC_PER_CELL} nnz/cell); {args.genes} models of 100 peaks, 80-200 TFs; n_steps 100; "

@@ -64,6 +64,8 @@ def measure(part: str, n_cells: int, batch: int, device_name: str) -> dict:
             best = min(best, time.perf_counter() - t0)
         return best
 
+    if part.startswith("tf_attr"):  # the notebook API end to end (data file, batching), at a batch size
+        return measure_api(int(part[len("tf_attr"):]), n_cells)
     if part == "forward":  # what upstream's predict does: the whole module, per cell
         def fn(s, e):
             with torch.no_grad():
@@ -92,6 +94,32 @@ def measure(part: str, n_cells: int, batch: int, device_name: str) -> dict:
             "peak_rss_mib": rss_mib, "peak_gpu_mib": gpu_mib}
 
 
+def measure_api(batch_size: int, n_cells: int) -> dict:
+    """``cell2net_attr.tf_attr(model, batch_size=...)`` over a per-gene data file of ``n_cells`` cells."""
+    import tempfile
+    from pathlib import Path
+
+    import cell2net_attr
+    from cell2net_attr.synthetic import GeneSpec, save_checkpoint, write_mudata
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gene = GeneSpec("BENCH", SPEC.n_peaks, SPEC.n_tfs)
+        write_mudata(Path(tmp) / "d.h5mu", [gene], n_cells, SPEC.n_tfs, SPEC.n_covariates, SPEC.peak_len, seed=2)
+        save_checkpoint(random_module(SPEC, seed=1), Path(tmp) / "BENCH.pt")
+        model = cell2net_attr.load_model(Path(tmp) / "BENCH.pt", Path(tmp) / "d.h5mu", covariates=["cov0", "cov1"],
+                                         device="cpu")
+        cell2net_attr.tf_attr(model, idx=list(range(8)), batch_size=batch_size)  # warm-up
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            cell2net_attr.tf_attr(model, batch_size=batch_size)
+            best = min(best, time.perf_counter() - t0)
+        model.close()
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"part": f"tf_attr{batch_size}", "cells": n_cells, "batch": batch_size, "seconds": best,
+            "per_cell": best / n_cells, "peak_rss_mib": rss_mib, "peak_gpu_mib": 0.0}
+
+
 def child(part: str, n_cells: int, batch: int, device: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", part, str(n_cells), str(batch), device],
                          check=True, capture_output=True, text=True)
@@ -117,12 +145,15 @@ def main() -> None:
         child("fast", args.fast_cells, 256, args.device),
         child("forward", args.fast_cells, 256, args.device),
         child("forward_shared", args.fast_cells, 256, args.device),
+        child("tf_attr4", args.fast_cells, 4, "cpu"),
+        child("tf_attr256", args.fast_cells, 256, "cpu"),
     ]
     by = {r["part"]: r for r in rows}
     print(f"\n{'measurement':<34}{'cells':>7}{'s/cell':>12}{'cells/s':>11}{'peak RSS MiB':>14}"
           + (f"{'peak GPU MiB':>14}" if args.device != "cpu" else ""))
     labels = {"captum": "captum reference engine", "fast": "fast engine",
-              "forward": "forward only (whole module)", "forward_shared": "forward only (seq encoder once)"}
+              "forward": "forward only (whole module)", "forward_shared": "forward only (seq encoder once)",
+              "tf_attr4": "tf_attr API, batch_size=4", "tf_attr256": "tf_attr API, batch_size=256"}
     for r in rows:
         print(f"{labels[r['part']]:<34}{r['cells']:>7}{r['per_cell']:>12.3e}{1 / r['per_cell']:>11.1f}"
               f"{r['peak_rss_mib']:>14.0f}" + (f"{r['peak_gpu_mib']:>14.0f}" if args.device != "cpu" else ""))
@@ -130,6 +161,8 @@ def main() -> None:
     print(f"fast engine time / forward-only (whole module): {by['fast']['per_cell'] / by['forward']['per_cell']:.4f}x")
     print(f"fast engine time / forward-only (seq encoder once): "
           f"{by['fast']['per_cell'] / by['forward_shared']['per_cell']:.2f}x")
+    print(f"tf_attr API, batch_size=4 / batch_size=256 (data file included): "
+          f"{by['tf_attr4']['per_cell'] / by['tf_attr256']['per_cell']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[floa
 
 
 def read_elem(elem: Any) -> Any:
-    """anndata's reader of one on-disk element (``anndata.io`` from 0.11, ``anndata.experimental`` before)."""
+    """anndata's reader of one on-disk element."""
     return _anndata("read_elem")(elem)
 
 
@@ -51,11 +51,9 @@ def anndata_read_errors() -> tuple[type[Exception], ...]:
 
 
 def _anndata(name: str) -> Callable:
-    try:
-        import anndata.io as module
-    except ImportError:  # anndata < 0.11
-        import anndata.experimental as module
-    return getattr(module, name)
+    import anndata.io  # anndata >= 0.11 (the declared floor)
+
+    return getattr(anndata.io, name)
 
 
 def _version(package: str) -> str:

@@ -1037,7 +1037,8 @@ def test_traceback_only_with_debug(case):
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert plain.stderr.strip() == f"error: {missing}: checkpoint file not found"
     debug = subprocess.run(base + ["--debug"] + args, capture_output=True, text=True, timeout=120, cwd=case.cwd)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "UserError" in debug.stderr
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "UserError" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()  # the same last line, the same exit code
     assert leftovers(case.out) == []
 
 

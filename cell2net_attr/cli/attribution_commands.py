@@ -13,88 +13,48 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_INTERNAL, EXIT_USER
-from .common import OPT, err, reported, set_threads
+from .common import RUN_OPTIONS, err, option, reported, set_threads, shared_options
 
 
+@shared_options(*RUN_OPTIONS)
 def run(
     checkpoint: Path = typer.Argument(..., help="Cell2Net checkpoint GENE.pt."),
     data: Path = typer.Argument(..., help="Per-gene GENE.h5mu or the full multi-gene .h5mu."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .h5/.hdf5 or .npy [default: <gene>.tf_attr.h5]."),
     gene: Optional[str] = typer.Option(None, help="Gene name [default: checkpoint file stem]."),
-    covariates: Optional[str] = OPT["covariates"],
-    idx: Optional[str] = OPT["idx"],
-    idx_type: str = OPT["idx_type"],
-    n_steps: int = OPT["n_steps"],
-    method: str = OPT["method"],
-    multiply_by_inputs: bool = OPT["multiply_by_inputs"],
-    engine: str = OPT["engine"],
-    module_mode: str = OPT["module_mode"],
-    seed: Optional[int] = OPT["seed"],
-    batch_size: Optional[int] = OPT["batch_size"],
-    num_workers: int = OPT["num_workers"],
-    device: str = OPT["device"],
-    threads: Optional[int] = OPT["threads"],
-    delta: bool = OPT["delta"],
-    overwrite: bool = OPT["overwrite"],
-    rna_mod: str = OPT["rna_mod"],
-    atac_mod: str = OPT["atac_mod"],
-    hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
-    quiet: bool = OPT["quiet"],
-    resume: bool = OPT["resume"],
-    shard: Optional[str] = OPT["shard"],
+    **opts,
 ) -> None:
     """Compute TF attributions for one checkpoint and write them to --out."""
-    from ..pipeline.run import RunOptions, run_one
+    from ..pipeline.run import run_one
     from ..pipeline.shards import resolve_shard
 
     with reported():
-        set_threads(threads)
-        opts = RunOptions(**{k: v for k, v in locals().items() if k in RunOptions.__dataclass_fields__})
+        set_threads(opts["threads"])
         t0 = time.monotonic()
-        result = run_one(checkpoint, data, opts, shard=resolve_shard(shard))
-        if not quiet:
+        result = run_one(checkpoint, data, run_options(opts, out=out, gene=gene), shard=resolve_shard(opts["shard"]))
+        if not opts["quiet"]:
             secs = time.monotonic() - t0
             err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} TFs in {secs:.2f}s "
                  f"({result.n_cells / max(secs, 1e-9):.1f} cells/s, {result.engine} engine on {result.device}) "
                  f"-> {result.path}")
 
 
+@shared_options(*RUN_OPTIONS)
 def run_many(
     models: list[str] = typer.Argument(..., help="Checkpoint directories (*.pt), checkpoints, or @FILE lists."),
     data: Path = typer.Argument(..., help="The full multi-gene .h5mu (read once for all genes)."),
     out_dir: Path = typer.Option(..., "--out-dir", help="Directory for <gene>.h5 (or .npy) and run-report.tsv."),
     fmt: str = typer.Option("h5", "--format", help="h5 or npy."),
-    covariates: Optional[str] = OPT["covariates"],
-    idx: Optional[str] = OPT["idx"],
-    idx_type: str = OPT["idx_type"],
-    n_steps: int = OPT["n_steps"],
-    method: str = OPT["method"],
-    multiply_by_inputs: bool = OPT["multiply_by_inputs"],
-    engine: str = OPT["engine"],
-    module_mode: str = OPT["module_mode"],
-    seed: Optional[int] = OPT["seed"],
-    batch_size: Optional[int] = OPT["batch_size"],
-    num_workers: int = OPT["num_workers"],
-    device: str = OPT["device"],
-    threads: Optional[int] = OPT["threads"],
-    delta: bool = OPT["delta"],
-    overwrite: bool = OPT["overwrite"],
-    rna_mod: str = OPT["rna_mod"],
-    atac_mod: str = OPT["atac_mod"],
-    hdf5_locking: Optional[bool] = OPT["hdf5_locking"],
-    quiet: bool = OPT["quiet"],
-    resume: bool = OPT["resume"],
-    shard: Optional[str] = OPT["shard"],
+    **opts,
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
-    from ..pipeline.run import RunOptions
     from ..pipeline.run_many import collect_checkpoints
     from ..pipeline.run_many import run_many as run_genes
     from ..pipeline.shards import resolve_shard
 
     with reported():
-        set_threads(threads)
-        opts = RunOptions(**{k: v for k, v in locals().items() if k in RunOptions.__dataclass_fields__})
+        set_threads(opts["threads"])
+        quiet = opts["quiet"]
         checkpoints = collect_checkpoints(models)
 
         def report(i: int, n: int, o) -> None:
@@ -102,7 +62,7 @@ def run_many(
                 detail = f": {o.error}" if o.error else f" -> {o.output}" if o.status == "done" else ""
                 err(f"[{i + 1}/{n}] {o.gene} {o.status}{detail}")
 
-        outcomes = run_genes(checkpoints, data, out_dir, fmt, opts, report, resolve_shard(shard))
+        outcomes = run_genes(checkpoints, data, out_dir, fmt, run_options(opts), report, resolve_shard(opts["shard"]))
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
         if not quiet or counts["failed"]:
             err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped, "
@@ -115,8 +75,8 @@ def run_many(
 def merge(
     shards: list[Path] = typer.Argument(..., help="HDF5 shard outputs of one run (any order)."),
     out: Path = typer.Option(..., "--out", "-o", help="Merged .h5 output."),
-    overwrite: bool = OPT["overwrite"],
-    quiet: bool = OPT["quiet"],
+    overwrite: bool = option("overwrite"),
+    quiet: bool = option("quiet"),
 ) -> None:
     """Join shard outputs after checking all are present, complete and from the same run."""
     from ..pipeline.merge import merge as merge_shards
@@ -148,3 +108,11 @@ def inspect(
                 typer.echo(f"{key:>20}: {value}")
         if report.get("match") is False:
             raise typer.Exit(EXIT_USER)
+
+
+def run_options(opts: dict, **more):
+    """The pipeline's options from the parsed shared options (and ``more``)."""
+    from ..pipeline.run import RunOptions
+
+    fields = RunOptions.__dataclass_fields__
+    return RunOptions(**{k: v for k, v in {**opts, **more}.items() if k in fields})

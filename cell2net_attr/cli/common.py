@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import typer
@@ -34,8 +36,8 @@ def reported() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        if state["debug"]:
-            raise
+        if state["debug"]:  # the whole chain of causes, then the same one line and exit code as without
+            traceback.print_exc(file=sys.stderr)
         err(f"error: {exc.describe(FLAGS)}")
         raise typer.Exit(EXIT_USER) from None
     except (KeyboardInterrupt, Terminated) as exc:
@@ -80,32 +82,49 @@ def set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-# Options shared by `run` and `run-many` (defined once; each command lists the ones it takes).
+# Options shared by `run` and `run-many`: (type, option), defined once and given to both by `shared_options`.
 OPT = {
-    "covariates": typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'."),
-    "idx": typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin)."),
-    "idx_type": typer.Option("auto", help="How to read --idx tokens: auto, position or name."),
-    "n_steps": typer.Option(100, help="Integration steps."),
-    "method": typer.Option("gausslegendre", help="gausslegendre, riemann_left|right|middle|trapezoid, or exact."),
-    "multiply_by_inputs": typer.Option(True, "--multiply-by-inputs/--no-multiply-by-inputs",
-                                       help="Multiply integrated gradients by the input (global attribution)."),
-    "engine": typer.Option("fast", help="fast, or captum (the reference, as upstream runs it)."),
-    "module_mode": typer.Option("eval", help="eval (upstream 0.13), or train (stochastic; captum engine only)."),
-    "seed": typer.Option(None, help="Random seed for --module-mode train."),
-    "batch_size": typer.Option(None, help="Cells per batch [default: 256 fast, 4 captum]."),
-    "num_workers": typer.Option(1, help="Background threads reading batches ahead (0 = none)."),
-    "device": typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    "threads": typer.Option(None, help="Torch CPU threads [default: $SLURM_CPUS_PER_TASK if set]."),
-    "delta": typer.Option(False, "--delta", help="Also store the per-cell convergence delta (HDF5)."),
-    "overwrite": typer.Option(False, "--overwrite", help="Replace existing output."),
-    "rna_mod": typer.Option("rna", help="RNA modality name."),
-    "atac_mod": typer.Option("atac", help="ATAC modality name."),
-    "hdf5_locking": typer.Option(None, "--hdf5-locking/--no-hdf5-locking",
-                                 help="HDF5 file locking (turn off on network file systems)."),
-    "quiet": typer.Option(False, "--quiet", "-q", help="No progress and no summary."),
-    "resume": typer.Option(False, "--resume", help="Continue an interrupted run from its last saved chunk."),
-    "shard": typer.Option(None, help="K/N: compute contiguous part K (0-based) of N "
-                                     "[default: from SLURM_ARRAY_TASK_* in a job array]."),
+    "covariates": (Optional[str], typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'.")),
+    "idx": (Optional[str], typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin).")),
+    "idx_type": (str, typer.Option("auto", help="How to read --idx tokens: auto, position or name.")),
+    "n_steps": (int, typer.Option(100, help="Integration steps.")),
+    "method": (str, typer.Option("gausslegendre", help="gausslegendre, riemann_left|right|middle|trapezoid, or exact.")),
+    "multiply_by_inputs": (bool, typer.Option(True, "--multiply-by-inputs/--no-multiply-by-inputs",
+                                              help="Multiply integrated gradients by the input (global attribution).")),
+    "engine": (str, typer.Option("fast", help="fast, or captum (the reference, as upstream runs it).")),
+    "module_mode": (str, typer.Option("eval", help="eval (upstream 0.13), or train (stochastic; captum engine only).")),
+    "seed": (Optional[int], typer.Option(None, help="Random seed for --module-mode train.")),
+    "batch_size": (Optional[int], typer.Option(None, help="Cells per batch [default: 256 fast, 4 captum].")),
+    "num_workers": (int, typer.Option(1, help="Background threads reading batches ahead (0 = none).")),
+    "device": (str, typer.Option("auto", help="auto, cpu, cuda or cuda:N.")),
+    "threads": (Optional[int], typer.Option(None, help="Torch CPU threads [default: $SLURM_CPUS_PER_TASK if set].")),
+    "delta": (bool, typer.Option(False, "--delta", help="Also store the per-cell convergence delta (HDF5).")),
+    "overwrite": (bool, typer.Option(False, "--overwrite", help="Replace existing output.")),
+    "rna_mod": (str, typer.Option("rna", help="RNA modality name.")),
+    "atac_mod": (str, typer.Option("atac", help="ATAC modality name.")),
+    "hdf5_locking": (Optional[bool], typer.Option(None, "--hdf5-locking/--no-hdf5-locking",
+                                                  help="HDF5 file locking (turn off on network file systems).")),
+    "quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress and no summary.")),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue an interrupted run from its last saved chunk.")),
+    "shard": (Optional[str], typer.Option(None, help="K/N: compute contiguous part K (0-based) of N "
+                                                     "[default: from SLURM_ARRAY_TASK_* in a job array].")),
 }
+#: What `run` and `run-many` both take.
+RUN_OPTIONS = tuple(OPT)
 
 
+def option(name: str):
+    """The shared option ``name`` (for a command that takes only some of them)."""
+    return OPT[name][1]
+
+
+def shared_options(*names: str) -> Callable[[Callable], Callable]:
+    """Give a command ``def cmd(own params..., **opts)`` the shared options ``names`` as typed parameters."""
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=OPT[n][1], annotation=OPT[n][0])
+                 for n in names]
+        fn.__signature__ = sig.replace(parameters=own + extra)
+        return fn
+    return wrap

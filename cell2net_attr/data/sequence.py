@@ -27,8 +27,8 @@ def one_hot(seq: str, name: str, length: int, source: str) -> np.ndarray:
         raise UserError(f"sequence of peak '{name}' has length {len(seq)}, the checkpoint expects {length}", source)
     try:
         codes = np.frombuffer(seq.encode("ascii"), dtype=np.uint8)
-    except UnicodeEncodeError:
-        raise UserError(f"sequence of peak '{name}' has non-ASCII letters (allowed: ACGTN)", source) from None
+    except UnicodeEncodeError as exc:
+        raise UserError(f"sequence of peak '{name}' has non-ASCII letters (allowed: ACGTN)", source) from exc
     encoded = _TABLE[codes]
     bad = np.isnan(encoded[:, 0])
     if bad.any():

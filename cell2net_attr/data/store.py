@@ -60,7 +60,20 @@ class CellNames:
         return self._read_slice(uniq, None)[inverse]
 
 
-class H5Store:
+class _Memo:
+    """What both stores share: a cache for the life of the store."""
+
+    _cache: dict
+
+    def memo(self, key: Any, compute):
+        """``compute()`` once per key for the life of the store: what every gene of a job shares (row maps,
+        covariates, cell names) is derived once."""
+        if ("memo", key) not in self._cache:
+            self._cache[("memo", key)] = compute()
+        return self._cache[("memo", key)]
+
+
+class H5Store(_Memo):
     """Read-only access to an ``.h5mu`` file through h5py and anndata's element readers."""
 
     def __init__(self, path: str | Path, locking: bool | None = None) -> None:
@@ -74,17 +87,10 @@ class H5Store:
         try:
             self._file = h5py.File(self.path, "r", locking=locking)
         except OSError as exc:
-            raise UserError(f"not a readable HDF5 file ({_first_line(exc)})", path) from None
+            raise UserError(f"not a readable HDF5 file ({_first_line(exc)})", path) from exc
         encoding = self._file.attrs.get("encoding-type", "")
         if "mod" not in self._file or (encoding and str(encoding).lower() != "mudata"):
             raise UserError("HDF5 file is not MuData (.h5mu): no 'mod' group", path)
-
-    def memo(self, key: Any, compute):
-        """``compute()`` once per key for the life of the store: what every gene of a job shares (row maps,
-        covariates, cell names) is derived once."""
-        if ("memo", key) not in self._cache:
-            self._cache[("memo", key)] = compute()
-        return self._cache[("memo", key)]
 
     def close(self) -> None:
         """Close the file handle."""
@@ -206,7 +212,7 @@ class H5Store:
         except UserError:
             raise
         except _READ_ERRORS as exc:
-            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from None
+            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from exc
 
 
 def _check_sparse(block) -> None:
@@ -249,20 +255,13 @@ def _take_rows(matrix, sorted_rows: np.ndarray):
     return matrix[unique][inverse]
 
 
-class MemoryStore:
+class MemoryStore(_Memo):
     """The same questions answered from an in-memory ``MuData`` (an upstream model's ``.mdata``)."""
 
     def __init__(self, mdata: Any, source: str = "<in-memory MuData>") -> None:
         self.mdata = mdata
         self.source = source
         self._cache: dict = {}
-
-    def memo(self, key: Any, compute):
-        """``compute()`` once per key for the life of the store: what every gene of a job shares (row maps,
-        covariates, cell names) is derived once."""
-        if ("memo", key) not in self._cache:
-            self._cache[("memo", key)] = compute()
-        return self._cache[("memo", key)]
 
     def close(self) -> None:
         """Nothing to close."""
@@ -337,7 +336,7 @@ class MemoryStore:
         try:
             return fn()
         except (KeyError, AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from None
+            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from exc
 
 
 Store = H5Store | MemoryStore

@@ -85,6 +85,14 @@ def _layout(n_rows: int, n_cols: int, row_labels, col_labels, legend_h: float, t
     return (width, height), grid, side_x, rotate, top, top_labels, "\n".join(lines)
 
 
+def _start(matrix: pd.DataFrame, legend_h: float, title: str):
+    """A new figure laid out for ``matrix`` (TF rows, group columns), its grid axes and the layout."""
+    rows, cols = list(matrix.index), list(matrix.columns)
+    size, grid, side_x, rotate, top, top_labels, title = _layout(len(rows), len(cols), rows, cols, legend_h, title)
+    fig = _new_figure(size)
+    return fig, fig.add_axes(grid), size, side_x, rotate, top, top_labels, title
+
+
 def _new_figure(size: tuple[float, float]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -131,12 +139,8 @@ def dotplot(mean: pd.DataFrame, frac: pd.DataFrame, title: str, color_label: str
 
     Returns a matplotlib ``Figure``.
     """
-    rows, cols = list(mean.index), list(mean.columns)
-    (w, h), grid, side_x, rotate, top, top_labels, title = _layout(len(rows), len(cols), rows, cols, 3.4,
-                                                                    title)
-    fig = _new_figure((w, h))
-    ax = fig.add_axes(grid)
-    values = mean.to_numpy(dtype=np.float64)
+    fig, ax, (w, h), side_x, rotate, top, top_labels, title = _start(mean, 3.4, title)
+    rows, cols, values = list(mean.index), list(mean.columns), mean.to_numpy(dtype=np.float64)
     fractions = frac.reindex(index=mean.index, columns=mean.columns).to_numpy(dtype=np.float64)
     yy, xx = np.nonzero(np.isfinite(values) & np.isfinite(fractions))
     full = MAX_DOT_PT ** 2
@@ -170,12 +174,8 @@ def dotplot(mean: pd.DataFrame, frac: pd.DataFrame, title: str, color_label: str
 
 def heatmap(matrix: pd.DataFrame, title: str, color_label: str = "TF activity", xlabel: str | None = None):
     """TF (rows) x group (columns) heatmap with a colour scale symmetric around 0. Returns a ``Figure``."""
-    rows, cols = list(matrix.index), list(matrix.columns)
-    (w, h), grid, side_x, rotate, top, top_labels, title = _layout(len(rows), len(cols), rows, cols, 1.8,
-                                                                    title)
-    fig = _new_figure((w, h))
-    ax = fig.add_axes(grid)
-    values = matrix.to_numpy(dtype=np.float64)
+    fig, ax, (w, h), side_x, rotate, top, top_labels, title = _start(matrix, 1.8, title)
+    rows, cols, values = list(matrix.index), list(matrix.columns), matrix.to_numpy(dtype=np.float64)
     mesh = ax.pcolormesh(np.arange(len(cols) + 1) - 0.5, np.arange(len(rows) + 1) - 0.5,
                          np.ma.masked_invalid(values), cmap=CMAP, norm=_norm(values), shading="flat",
                          edgecolors="face", linewidth=0, antialiased=False)

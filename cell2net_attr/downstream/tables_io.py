@@ -65,7 +65,7 @@ def _read_one_summary(path: str | Path) -> tuple[str | None, pd.DataFrame]:
         numbers = {c: ["", "nan", "NaN"] for c in SUMMARY_COLUMNS[2:]}
         table = pd.read_csv(source, sep=sep, dtype=text, keep_default_na=False, na_values=numbers)
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:  # pandas' parser errors are ValueErrors
-        raise UserError(f"cannot read table ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+        raise UserError(f"cannot read table ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
     for c in (c for c in SUMMARY_COLUMNS[2:] if c in table.columns):
         if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any():
             raise UserError(f"column {c!r} holds a value that is not a number", path)

@@ -39,7 +39,8 @@ class PartialRun:
         self.out, self.dir = out, partial_dir(out)
         self.identity = {k: plain_value(v) for k, v in identity.items()}
         # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
-        self.chunk_rows = chunk_rows or int(os.environ.get("CELL2NET_ATTR_CHUNK_ROWS", 16384))
+        forced = os.environ.get("CELL2NET_ATTR_CHUNK_ROWS")
+        self.chunk_rows = int(forced) if forced else (chunk_rows or 16384)
         self.chunk_seconds = chunk_seconds
         self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self._last = time.monotonic()
@@ -115,7 +116,7 @@ class PartialRun:
             os.replace(tmp, self.dir / name)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise os_error(exc, self.out) from None
+            raise os_error(exc, self.out) from exc
         self.rows_done = stop
         self._buf.clear()
         self._last = time.monotonic()

@@ -41,7 +41,7 @@ def read_attributions(path: str | Path) -> Attributions:
         with h5py.File(path, "r") as f:
             values, obs, tfs, meta = _read_h5ad(f, path) if path.suffix.lower() == ".h5ad" else _read_h5(f, path)
     except OSError as exc:
-        raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+        raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
     gene = meta.get("gene", path.stem)
     gene = gene.decode() if isinstance(gene, bytes) else str(gene)
     count = int(meta.get("shard_count", 1))
@@ -80,5 +80,5 @@ def _read_h5ad(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[st
         names = [_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var")]
         meta = read_elem(f["uns/cell2net_attr"]) if "uns/cell2net_attr" in f else {}
     except (KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot read the AnnData file ({(str(exc).splitlines() or [''])[0][:120]})", path) from None
+        raise UserError(f"cannot read the AnnData file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
     return np.asarray(x, dtype=np.float32), names[0], names[1], dict(meta) if isinstance(meta, dict) else {}

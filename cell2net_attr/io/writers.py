@@ -80,7 +80,7 @@ def atomic_output(path: Path):
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise os_error(exc, path) from None
+        raise os_error(exc, path) from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -102,7 +102,7 @@ def _io_errors(path: Path, cleanup: Callable[[], None] | None = None):
             cleanup()
         if not _is_io_failure(exc):
             raise
-        raise os_error(exc, path) from None
+        raise os_error(exc, path) from exc
 
 
 class _TempFileWriter:

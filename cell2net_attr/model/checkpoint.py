@@ -107,15 +107,15 @@ def _read_torch_file(path: Path) -> object:
         if "Unsupported operand" in text and "GLOBAL" not in text:
             # an opcode the safe unpickler does not know: garbage, or a pickle that is not a torch file
             first = next(ln for ln in reason if "Unsupported operand" in ln).strip()[:200]
-            raise UserError(f"not a readable PyTorch checkpoint ({first})", path) from None
+            raise UserError(f"not a readable PyTorch checkpoint ({first})", path) from exc
         # weights_only refused a global: the file wants to run code or build arbitrary objects.
         detail = next((ln for ln in reason if any(w in ln for w in ("GLOBAL", "Unsupported", "Trying", "Can only"))),
                       reason[0] if reason else "")
-        raise UserError(f"refused to load: the file needs code execution to unpickle ({detail.strip()[:160]})", path) from None
+        raise UserError(f"refused to load: the file needs code execution to unpickle ({detail.strip()[:160]})", path) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError, AttributeError,
             IndexError, KeyError, TypeError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"not a readable PyTorch checkpoint ({first})", path) from None
+        raise UserError(f"not a readable PyTorch checkpoint ({first})", path) from exc
 
 
 def _shape(state: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:

@@ -30,6 +30,9 @@ from .binding import AttributionModel
 from .progress import NullProgress, Progress
 from .stream import Blocks, EngineFeed, stream
 
+#: Memory for finished rows not yet saved, shared by the genes of a group.
+BUFFER_BYTES = 256 << 20
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -76,6 +79,7 @@ class JobSpec:
     data_sha256: str = ""
     resume: bool = False
     hdf5_locking: bool | None = None
+    group_size: int = 1  # genes computed together: their unsaved rows share BUFFER_BYTES
 
     @property
     def rows(self) -> np.ndarray:
@@ -159,7 +163,8 @@ def open_job(model: AttributionModel, out: Path, spec: JobSpec, checkpoint: Path
     dist = torch.from_numpy(model.data.peak_dist).to(model.device)
     engine = make_engine(spec.engine, model.module, seq, dist, params)  # before any file is made
     place = {**identity.attrs(), "shard_index": spec.shard_index, "row_start": spec.row_start}
-    partial = PartialRun(out, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2))
+    chunk_rows = max(256, min(16384, BUFFER_BYTES // (4 * max(1, len(model.tfs)) * spec.group_size)))
+    partial = PartialRun(out, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows)
     job = GeneJob(model, out, spec, attrs, partial, done_before=partial.rows_done)
     job.feed = EngineFeed(engine, model.device, spec.blocks.compute, partial.add)
     return job

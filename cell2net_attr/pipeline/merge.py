@@ -32,7 +32,7 @@ def _read_shard(path: Path) -> dict:
                     "tfs": [s.decode() if isinstance(s, bytes) else str(s) for s in f["tf_names"][:]],
                     "delta": "convergence_delta" in f}
     except OSError as exc:
-        raise UserError(f"not a readable HDF5 shard ({str(exc).splitlines()[0][:120]})", path) from None
+        raise UserError(f"not a readable HDF5 shard ({str(exc).splitlines()[0][:120]})", path) from exc
 
 
 def _same(a, b) -> bool:

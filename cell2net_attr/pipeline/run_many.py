@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +119,8 @@ def run_many(
                            0, len(selected), data_sha256=file_sha256(data), resume=opts.resume,
                            hdf5_locking=opts.hdf5_locking)
             for a in range(0, len(todo), GROUP_GENES):
-                _run_group(todo[a : a + GROUP_GENES], data, store, spec, opts, record, progress)
+                group = todo[a : a + GROUP_GENES]
+                _run_group(group, data, store, replace(spec, group_size=len(group)), opts, record, progress)
     finally:
         store.close()
         write_report(report, outcomes)

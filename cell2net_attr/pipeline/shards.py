@@ -56,8 +56,8 @@ def shard_from_slurm(env: Mapping[str, str]) -> Shard | None:
         lo = int(env.get("SLURM_ARRAY_TASK_MIN", task))
         hi = int(env.get("SLURM_ARRAY_TASK_MAX", task))
         step = int(env.get("SLURM_ARRAY_TASK_STEP", 1) or 1)
-    except ValueError:
-        raise UserError("SLURM_ARRAY_TASK_* variables are not integers", "SLURM_ARRAY_TASK_ID") from None
+    except ValueError as exc:
+        raise UserError("SLURM_ARRAY_TASK_* variables are not integers", "SLURM_ARRAY_TASK_ID") from exc
     count = int(env.get("SLURM_ARRAY_TASK_COUNT", (hi - lo) // step + 1))
     if step < 1 or (task - lo) % step or not lo <= task <= hi:
         raise UserError(f"task {task} is not in the array {lo}-{hi}:{step}", "SLURM_ARRAY_TASK_ID")

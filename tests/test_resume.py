@@ -106,3 +106,34 @@ def test_resume_with_nothing_to_resume(demo_atlas, tmp_path):
                                  "--out", str(tmp_path / "a.npy"), "--resume"])
     assert r.exit_code == 0 and "nothing to resume" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+
+
+def test_resume_refuses_other_delta(slow_run, tmp_path, monkeypatch):
+    """Cells saved without deltas are never completed with made-up ones: --delta is part of the identity."""
+    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
+    ck, data, args, _ = slow_run
+    out = tmp_path / "a.h5"
+    rc, _ = _interrupt(_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
+    assert rc == 143
+    without = [a for a in args if a != "--delta"]
+    r = CliRunner().invoke(app, ["run", str(ck), str(data), "--covariates", COVARIATES, "--out", str(out),
+                                 *without, "--resume"])
+    assert r.exit_code == 2 and "different run" in r.stderr and "delta" in r.stderr
+    assert not out.exists()
+
+
+def test_damaged_chunk_is_recomputed(slow_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
+    ck, data, args, ref = slow_run
+    out = tmp_path / "a.h5"
+    partial = tmp_path / ".a.h5.partial"
+    rc, _ = _interrupt(_cmd(ck, data, out, *args), partial, signal.SIGTERM, min_chunks=2)
+    assert rc == 143
+    first = sorted(partial.glob("chunk-*.npz"))[0]
+    raw = bytearray(first.read_bytes())
+    raw[-40] ^= 0xFF  # one flipped byte inside the archive: it still parses, its checksum fails
+    first.write_bytes(bytes(raw))
+    r = subprocess.run(_cmd(ck, data, out, *args, "--resume"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "damaged" in r.stderr and first.name in r.stderr
+    _same(out, ref)

@@ -1,8 +1,9 @@
 """Resumable in-progress output: completed rows saved as chunk files beside the final output.
 
 While a run computes, finished batches are gathered into chunks and each chunk is saved as
-``.<output>.partial/chunk-<start>-<stop>.npz`` under a temporary name, then renamed: a chunk
-file either exists whole or not at all, whatever kills the process (SIGKILL included).
+``.<output>.partial/chunk-<start>-<stop>-<checksum>.npz`` under a temporary name, then renamed: a
+chunk file either exists whole or not at all, whatever kills the process (SIGKILL included), and a
+chunk damaged afterwards (a disk or copy fault) fails its checksum and is recomputed.
 ``meta.json`` records the run's identity (:class:`~cell2net_attr.io.schema.RunIdentity` and the
 shard's place). ``--resume`` keeps the contiguous chunks from row 0 on and computes the rest; the final
 file is then assembled chunk by chunk by the ordinary writers and renamed into place.
@@ -10,6 +11,8 @@ file is then assembled chunk by chunk by the ordinary writers and renamed into p
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -23,7 +26,12 @@ import numpy as np
 from ..errors import UserError
 from .writers import os_error, plain_value
 
-_CHUNK = re.compile(r"^chunk-(\d{12})-(\d{12})\.npz$")
+_CHUNK = re.compile(r"^chunk-(\d{12})-(\d{12})-([0-9a-f]{32})\.npz$")
+
+
+def _digest(data: bytes) -> str:
+    """The checksum a chunk's name carries (128 bits of sha256)."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def partial_dir(out: Path) -> Path:
@@ -37,6 +45,7 @@ class PartialRun:
     def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
                  chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
         self.out, self.dir = out, partial_dir(out)
+        self._warn = warn
         self.identity = {k: plain_value(v) for k, v in identity.items()}
         # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
         forced = os.environ.get("CELL2NET_ATTR_CHUNK_ROWS")
@@ -72,6 +81,9 @@ class PartialRun:
         for start, stop, path in self._chunk_files():
             if start != done:
                 break
+            if _digest(path.read_bytes()) != _CHUNK.match(path.name).group(3):
+                self._warn(f"{path} is damaged (its checksum does not match); recomputing from cell {start}")
+                break
             done = stop
         for start, _, path in self._chunk_files():  # keep only the contiguous prefix
             if start >= done:
@@ -103,14 +115,17 @@ class PartialRun:
         attr = np.concatenate([a for _, a, _ in self._buf])
         deltas = [d for _, _, d in self._buf]
         stop = start + len(attr)
-        name = f"chunk-{start:012d}-{stop:012d}.npz"
+        buf = io.BytesIO()
+        if all(d is not None for d in deltas):
+            np.savez(buf, attr=attr, delta=np.concatenate(deltas))
+        else:
+            np.savez(buf, attr=attr)
+        data = buf.getvalue()
+        name = f"chunk-{start:012d}-{stop:012d}-{_digest(data)}.npz"  # the name carries the checksum
         tmp = self.dir / f".{name}.{os.getpid()}"
         try:
             with open(tmp, "wb") as fh:
-                if all(d is not None for d in deltas):
-                    np.savez(fh, attr=attr, delta=np.concatenate(deltas))
-                else:
-                    np.savez(fh, attr=attr)
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.dir / name)

@@ -143,3 +143,57 @@ def test_slurm_array_example_script(upstream, tmp_path):
     ref = np.load(upstream / "ref" / "GENE0.all.s100.mbi.npy")
     with h5py.File(out) as f:
         assert np.abs(f["attributions"][:] - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_sharded_h5ad_merged_equals_unsharded(upstream, tmp_path):
+    """Every format `run` shards into, `merge` joins: .h5ad shards, merged to .h5ad and to .h5."""
+    import anndata as ad
+
+    base = ["run", str(upstream / "models" / "GENE0.pt"), str(upstream / "full.h5mu"), "--covariates", COVARIATES,
+            "-q", "--delta"]
+    for k in range(3):
+        r = invoke(base + ["--out", str(tmp_path / "g.h5ad"), "--shard", f"{k}/3"])
+        assert r.exit_code == 0, r.output
+    shards = [tmp_path / f"g-{k:05d}-of-00003.h5ad" for k in range(3)]
+    assert invoke(base + ["--out", str(tmp_path / "single.h5ad")]).exit_code == 0
+    r = invoke(["merge", *map(str, shards), "--out", str(tmp_path / "m.h5ad")])
+    assert r.exit_code == 0, r.output
+    merged, single = ad.read_h5ad(tmp_path / "m.h5ad"), ad.read_h5ad(tmp_path / "single.h5ad")
+    assert list(merged.obs_names) == list(single.obs_names) and list(merged.var_names) == list(single.var_names)
+    assert np.abs(merged.X - single.X).max() <= 1e-6 * np.abs(single.X).max()
+    assert list(merged.obs.columns) == list(single.obs.columns)  # the cells' obs came along, deltas included
+    assert np.abs(merged.obs["convergence_delta"] - single.obs["convergence_delta"]).max() <= 1e-6
+    assert merged.uns["cell2net_attr"]["format"] == "h5ad" and merged.uns["cell2net_attr"]["shard_count"] == 3
+    r = invoke(["merge", *map(str, shards), "--out", str(tmp_path / "m.h5")])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "m.h5") as f:
+        assert np.abs(f["attributions"][:] - single.X).max() <= 1e-6 * np.abs(single.X).max()
+        assert f.attrs["encoding-version"] == "1.0.0"
+
+
+def test_npy_shards_are_refused_before_any_work(upstream, tmp_path):
+    r = invoke(["run", str(upstream / "models" / "GENE0.pt"), str(upstream / "full.h5mu"), "--covariates",
+                COVARIATES, "--out", str(tmp_path / "g.npy"), "--shard", "0/2"])
+    assert r.exit_code == 2 and "cannot be merged" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_merge_refuses_shards_that_store_different_things(upstream, tmp_path):
+    """Shards with and without deltas are refused (their deltas would be dropped or made up)."""
+    with_delta = _run_shards(upstream, tmp_path / "a", 2, ["--delta"]) if (tmp_path / "a").mkdir() is None else []
+    without = _run_shards(upstream, tmp_path / "b", 2) if (tmp_path / "b").mkdir() is None else []
+    r = invoke(["merge", str(with_delta[0]), str(without[1]), "--out", str(tmp_path / "m.h5")])
+    assert r.exit_code == 2 and "foreign shard" in r.stderr and "delta" in r.stderr
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_run_many_writes_h5ad(demo_atlas, tmp_path):
+    import anndata as ad
+
+    data, checkpoints = demo_atlas
+    r = invoke(["run-many", str(checkpoints[1]), str(data), "--out-dir", str(tmp_path), "--format", "h5ad",
+                "--covariates", COVARIATES, "-q"])
+    assert r.exit_code == 0, r.output
+    adata = ad.read_h5ad(tmp_path / f"{checkpoints[1].stem}.h5ad")
+    assert adata.n_obs == 60 and adata.uns["cell2net_attr"]["gene"] == checkpoints[1].stem
+    assert "celltype" in adata.obs.columns

@@ -43,8 +43,8 @@ def run(
 def run_many(
     models: list[str] = typer.Argument(..., help="Checkpoint directories (*.pt), checkpoints, or @FILE lists."),
     data: Path = typer.Argument(..., help="The full multi-gene .h5mu (read once for all genes)."),
-    out_dir: Path = typer.Option(..., "--out-dir", help="Directory for <gene>.h5 (or .npy) and run-report.tsv."),
-    fmt: str = typer.Option("h5", "--format", help="h5 or npy."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Directory for <gene>.h5 (or .h5ad, .npy) and run-report.tsv."),
+    fmt: str = typer.Option("h5", "--format", help="h5, h5ad or npy."),
     **opts,
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
@@ -73,8 +73,8 @@ def run_many(
 
 
 def merge(
-    shards: list[Path] = typer.Argument(..., help="HDF5 shard outputs of one run (any order)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Merged .h5 output."),
+    shards: list[Path] = typer.Argument(..., help="Shard outputs (.h5/.h5ad) of one run, in any order."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged output: .h5, .hdf5 or .h5ad."),
     overwrite: bool = option("overwrite"),
     quiet: bool = option("quiet"),
 ) -> None:

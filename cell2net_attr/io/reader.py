@@ -11,6 +11,7 @@ import pandas as pd
 
 from .._compat import read_elem
 from ..errors import UserError
+from .schema import ATTRIBUTIONS, FEATURE_NAMES, OBS_NAMES
 
 
 @dataclass
@@ -63,11 +64,12 @@ def read_attributions(path: str | Path) -> Attributions:
 
 
 def _read_h5(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
-    missing = [k for k in ("attributions", "obs_names", "tf_names") if k not in f]
+    names = FEATURE_NAMES.get(str(f.attrs.get("target", "tfs")), FEATURE_NAMES["tfs"])
+    missing = [k for k in (ATTRIBUTIONS, OBS_NAMES, names) if k not in f]
     if missing:
         raise UserError(f"not a cell2net-attr attribution file: no {missing[0]!r} dataset", path)
-    return (np.asarray(f["attributions"][()], dtype=np.float32), _strings(f["obs_names"][()]),
-            _strings(f["tf_names"][()]), dict(f.attrs))
+    return (np.asarray(f[ATTRIBUTIONS][()], dtype=np.float32), _strings(f[OBS_NAMES][()]),
+            _strings(f[names][()]), dict(f.attrs))
 
 
 def _read_h5ad(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:

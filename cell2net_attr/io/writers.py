@@ -21,10 +21,17 @@ import pandas as pd
 
 from .._compat import write_elem
 from ..errors import UserError
+from .schema import (
+    ATTRIBUTIONS,
+    DELTA,
+    FEATURE_NAMES,
+    OBS_NAMES,
+    UNS_KEY,
+    output_format,
+)
 
 NAME_BLOCK = 65536  # cell names written per block
 
-FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
 
 
 class Writer(Protocol):
@@ -38,13 +45,6 @@ class Writer(Protocol):
 
     def abort(self) -> None: ...
 
-
-def output_format(path: Path) -> str:
-    """The format named by the output suffix."""
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise UserError(f"unknown output format '{path.suffix}', use {', '.join(FORMATS)}", path)
-    return fmt
 
 
 def check_output(path: Path, overwrite: bool, inputs: list[Path]) -> str:
@@ -175,14 +175,14 @@ class H5Writer(_TempFileWriter):
         with _io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
             chunk_rows = max(1, min(n, 4096))
-            self._attr = self._f.create_dataset("attributions", shape=(n, t), maxshape=(None, t),
+            self._attr = self._f.create_dataset(ATTRIBUTIONS, shape=(n, t), maxshape=(None, t),
                                                 dtype="f4", chunks=(chunk_rows, t))
             string = h5py.string_dtype()
-            names = self._f.create_dataset("obs_names", shape=(n,), dtype=string)
+            names = self._f.create_dataset(OBS_NAMES, shape=(n,), dtype=string)
             for a in range(0, n, NAME_BLOCK):  # in blocks: the names need not all be in memory
                 names[a : a + NAME_BLOCK] = np.asarray(obs_names[a : a + NAME_BLOCK], dtype=object)
-            self._f.create_dataset("tf_names", data=np.asarray(tf_names, dtype=object), dtype=string)
-            self._delta = (self._f.create_dataset("convergence_delta", shape=(n,), maxshape=(None,), dtype="f4",
+            self._f.create_dataset(FEATURE_NAMES["tfs"], data=np.asarray(tf_names, dtype=object), dtype=string)
+            self._delta = (self._f.create_dataset(DELTA, shape=(n,), maxshape=(None,), dtype="f4",
                                                   chunks=(chunk_rows,)) if with_delta else None)
             for key, value in meta.items():
                 self._f.attrs[key] = value
@@ -217,7 +217,7 @@ class H5adWriter(_TempFileWriter):
             self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
             self._x.attrs["encoding-type"], self._x.attrs["encoding-version"] = "array", "0.2.0"
             write_elem(self._f, "var", pd.DataFrame(index=pd.Index(tf_names, name="tf")))
-            write_elem(self._f, "uns", {"cell2net_attr": {k: plain_value(v) for k, v in meta.items()}})
+            write_elem(self._f, "uns", {UNS_KEY: {k: plain_value(v) for k, v in meta.items()}})
             for key in ("obsm", "varm", "obsp", "varp", "layers"):
                 write_elem(self._f, key, {})
 
@@ -233,7 +233,7 @@ class H5adWriter(_TempFileWriter):
             if self._obs is not None:  # obs last: it carries the deltas, known only at the end
                 obs = self._obs.copy()
                 if self._delta is not None:
-                    obs["convergence_delta"] = self._delta
+                    obs[DELTA] = self._delta
                 write_elem(self._f, "obs", obs)
                 self._obs = None
             self._f.close()

@@ -1,93 +1,138 @@
-"""``merge``: join the HDF5 shards of one run, in order, after checking they belong together."""
+"""``merge``: join the shards of one run (``.h5``/``.hdf5`` or ``.h5ad``), in order, after checking they belong
+together: the same run identity (:class:`~cell2net_attr.io.schema.RunIdentity`), every shard once, every row."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 
+from .._compat import read_elem
 from ..errors import UserError
+from ..io.schema import (
+    ATTRIBUTIONS,
+    DELTA,
+    FEATURE_NAMES,
+    OBS_NAMES,
+    UNS_KEY,
+    RunIdentity,
+    output_attrs,
+    output_format,
+)
 from ..io.writers import check_output, open_writer
 
-#: Attributes every shard of one run must share (device and tool version may differ between nodes).
-CONSISTENT = ("gene", "n_steps", "method", "multiply_by_inputs", "baseline", "engine", "module_mode", "seed",
-              "covariates", "checkpoint_sha256", "data_sha256", "selection_sha256", "n_rows_total",
-              "shard_count")
-SHARD_ONLY = ("shard_index", "shard_count", "row_start")
+BLOCK = 65536  # rows copied at a time
 
 
-def _read_shard(path: Path) -> dict:
+@dataclass
+class ShardFile:
+    """One shard: where it is, what it stores, where its rows go."""
+
+    path: Path
+    identity: RunIdentity
+    attrs: dict
+    index: int
+    row_start: int
+    obs: list[str]
+    features: list[str]
+    has_delta: bool
+
+    @property
+    def rows(self) -> int:
+        """Number of cells it holds."""
+        return len(self.obs)
+
+
+def _strings(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values)]
+
+
+def read_shard(path: Path) -> ShardFile:
+    """The header of one shard (its matrices are only measured; :func:`_copy_rows` streams them)."""
     if not path.is_file():
         raise UserError("shard not found", path)
+    fmt = output_format(path)
+    if fmt == "npy":
+        raise UserError(".npy outputs have no cell names and cannot be merged; shard into .h5 or .h5ad", path)
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: f.attrs[k] for k in f.attrs}
-            missing = [k for k in (*CONSISTENT, "shard_index", "row_start") if k not in attrs]
-            if missing or "attributions" not in f:
-                raise UserError(f"not a cell2net-attr shard (lacks {missing[:3] or ['attributions']})", path)
-            # the matrices are only measured here; _copy_rows streams them into the output
-            return {"path": path, "attrs": attrs, "rows": f["attributions"].shape[0],
-                    "obs": [s.decode() if isinstance(s, bytes) else str(s) for s in f["obs_names"][:]],
-                    "tfs": [s.decode() if isinstance(s, bytes) else str(s) for s in f["tf_names"][:]],
-                    "delta": "convergence_delta" in f}
-    except OSError as exc:
-        raise UserError(f"not a readable HDF5 shard ({str(exc).splitlines()[0][:120]})", path) from exc
+            if fmt == "h5ad":
+                attrs = dict(read_elem(f[f"uns/{UNS_KEY}"])) if f"uns/{UNS_KEY}" in f else {}
+                obs = _strings(read_elem(f["obs"][f["obs"].attrs["_index"]]))
+                features = _strings(read_elem(f["var"][f["var"].attrs["_index"]]))
+                has_delta, n = DELTA in f["obs"], f["X"].shape[0]
+            else:
+                attrs = {k: f.attrs[k] for k in f.attrs}
+                target = str(attrs.get("target", "tfs"))
+                missing = [k for k in (ATTRIBUTIONS, OBS_NAMES, FEATURE_NAMES.get(target, FEATURE_NAMES["tfs"])) if k not in f]
+                if missing:
+                    raise UserError(f"not a cell2net-attr shard (lacks {missing[0]!r})", path)
+                obs, features = _strings(f[OBS_NAMES][:]), _strings(f[FEATURE_NAMES[target]][:])
+                has_delta, n = DELTA in f, f[ATTRIBUTIONS].shape[0]
+    except (OSError, KeyError, ValueError) as exc:
+        raise UserError(f"not a readable shard ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
+    if "shard_index" not in attrs or "row_start" not in attrs:
+        raise UserError("not a cell2net-attr shard (lacks shard_index)", path)
+    if n != len(obs):
+        raise UserError(f"incomplete shard: {n} rows for {len(obs)} cell names", path)
+    identity = RunIdentity.from_attrs(attrs, path, has_delta, fmt)
+    return ShardFile(path, identity, attrs, int(attrs["shard_index"]), int(attrs["row_start"]), obs, features,
+                     has_delta)
 
 
-def _same(a, b) -> bool:
-    return bool(np.all(np.asarray(a) == np.asarray(b)))
-
-
-def check_shards(shards: list[dict]) -> list[dict]:
+def check_shards(shards: list[ShardFile]) -> list[ShardFile]:
     """Shards in order; errors name the missing, duplicated or foreign shard."""
     first = shards[0]
     for s in shards[1:]:
-        for key in CONSISTENT:
-            if not _same(s["attrs"][key], first["attrs"][key]):
-                raise UserError(f"foreign shard: its {key} ({s['attrs'][key]}) differs from {first['path'].name}'s "
-                                f"({first['attrs'][key]})", s["path"])
-        if s["tfs"] != first["tfs"]:
-            raise UserError(f"foreign shard: its TFs differ from {first['path'].name}'s", s["path"])
-    count = int(first["attrs"]["shard_count"])
-    by_index: dict[int, dict] = {}
+        differ = s.identity.differences(first.identity)
+        if differ:
+            key = differ[0]
+            raise UserError(f"foreign shard: its {key} ({getattr(s.identity, key)}) differs from "
+                            f"{first.path.name}'s ({getattr(first.identity, key)})", s.path)
+        if s.features != first.features:
+            raise UserError(f"foreign shard: its features differ from {first.path.name}'s", s.path)
+    count = first.identity.shard_count
+    by_index: dict[int, ShardFile] = {}
     for s in shards:
-        k = int(s["attrs"]["shard_index"])
-        if k in by_index:
-            raise UserError(f"shard {k}/{count} given twice (also {by_index[k]['path']})", s["path"])
-        by_index[k] = s
+        if s.index in by_index:
+            raise UserError(f"shard {s.index}/{count} given twice (also {by_index[s.index].path})", s.path)
+        by_index[s.index] = s
     missing = [k for k in range(count) if k not in by_index]
     if missing:
-        raise UserError(f"missing shard(s) {', '.join(f'{k}/{count}' for k in missing[:10])} of {count}",
-                        first["path"])
+        raise UserError(f"missing shard(s) {', '.join(f'{k}/{count}' for k in missing[:10])} of {count}", first.path)
     ordered = [by_index[k] for k in range(count)]
-    total, start = int(first["attrs"]["n_rows_total"]), 0
+    start = 0
     for s in ordered:
-        if int(s["attrs"]["row_start"]) != start or s["rows"] != len(s["obs"]):
-            raise UserError(f"incomplete or inconsistent shard: rows start at {s['attrs']['row_start']}, "
-                            f"expected {start}", s["path"])
-        start += s["rows"]
-    if start != total:
-        raise UserError(f"shards hold {start} rows, the run selected {total}", first["path"])
+        if s.row_start != start:
+            raise UserError(f"incomplete or inconsistent shard: rows start at {s.row_start}, expected {start}", s.path)
+        start += s.rows
+    if start != first.identity.n_rows_total:
+        raise UserError(f"shards hold {start} rows, the run selected {first.identity.n_rows_total}", first.path)
     return ordered
 
 
 def merge(paths: list[Path], out: Path, overwrite: bool = False) -> int:
-    """Check and join shards into ``out`` (atomically); returns the number of rows."""
+    """Check and join shards into ``out`` (``.h5``/``.hdf5``/``.h5ad``, atomically); returns the number of rows."""
     if not paths:
         raise UserError("no shards given", "SHARDS")
     check_output(out, overwrite, list(paths))
-    if out.suffix.lower() not in (".h5", ".hdf5"):
-        raise UserError("merged output must be HDF5 (.h5/.hdf5)", out)
-    ordered = check_shards([_read_shard(Path(p)) for p in paths])
-    meta = {k: v for k, v in ordered[0]["attrs"].items() if k not in SHARD_ONLY}
-    meta.update(shard_index=0, shard_count=1, row_start=0, merged_from=len(ordered))
-    with_delta = all(s["delta"] for s in ordered)
-    obs = [name for s in ordered for name in s["obs"]]
-    writer = open_writer(out, obs, ordered[0]["tfs"], meta, with_delta)
+    if output_format(out) == "npy":
+        raise UserError("merged output must be .h5, .hdf5 or .h5ad (a .npy has no cell names)", out)
+    ordered = check_shards([read_shard(Path(p)) for p in paths])
+    first = ordered[0]
+    identity = first.identity
+    meta = output_attrs(type(identity)(**{**identity.attrs(), "format": output_format(out)}), 0, 0,
+                        {k: v for k, v in first.attrs.items() if k in ("device", "tool", "tool_version",
+                                                                         "checkpoint", "data", "data_layout")})
+    meta["merged_from"] = len(ordered)
+    obs = [name for s in ordered for name in s.obs]
+    writer = open_writer(out, obs, first.features, meta, identity.delta, None, lambda: _obs_table(ordered, obs))
     try:
         for s in ordered:
-            _copy_rows(s, writer, with_delta)
+            _copy_rows(s, writer, identity.delta)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -95,10 +140,23 @@ def merge(paths: list[Path], out: Path, overwrite: bool = False) -> int:
     return len(obs)
 
 
-def _copy_rows(shard: dict, writer, with_delta: bool, block: int = 65536) -> None:
+def _obs_table(shards: list[ShardFile], obs: list[str]) -> pd.DataFrame:
+    """The cells' obs for an AnnData output: the shards' own (``.h5ad``) or their names alone."""
+    if all(output_format(s.path) == "h5ad" for s in shards):
+        parts = []
+        for s in shards:
+            with h5py.File(s.path, "r") as f:
+                parts.append(read_elem(f["obs"]).drop(columns=[DELTA], errors="ignore"))
+        return pd.concat(parts)
+    return pd.DataFrame(index=pd.Index(obs))
+
+
+def _copy_rows(shard: ShardFile, writer, with_delta: bool) -> None:
     """Copy a shard's rows into the merged output block by block (bounded memory)."""
-    start = int(shard["attrs"]["row_start"])
-    with h5py.File(shard["path"], "r") as f:
-        for a in range(0, shard["rows"], block):
-            delta = f["convergence_delta"][a : a + block] if with_delta else None
-            writer.write(start + a, f["attributions"][a : a + block], delta)
+    h5ad = output_format(shard.path) == "h5ad"
+    with h5py.File(shard.path, "r") as f:
+        matrix = f["X"] if h5ad else f[ATTRIBUTIONS]
+        delta = (read_elem(f["obs"][DELTA]) if h5ad else f[DELTA]) if with_delta else None
+        for a in range(0, shard.rows, BLOCK):
+            d = None if delta is None else np.asarray(delta[a : a + BLOCK], dtype=np.float32)
+            writer.write(shard.row_start + a, np.asarray(matrix[a : a + BLOCK]), d)

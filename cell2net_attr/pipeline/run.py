@@ -11,6 +11,7 @@ from ..data.selection import read_tokens, resolve_tokens
 from ..engines.base import IGParams
 from ..engines.registry import EngineInfo, check_engine
 from ..errors import Terminated, UserError
+from ..io.schema import output_format
 from ..io.writers import check_output
 from ..model.checkpoint import file_sha256
 from .binding import check_batching, load_model
@@ -85,6 +86,8 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     out = Path(opts.out) if opts.out else Path(f"{gene}.tf_attr.h5")
     shard = shard or Shard(0, 1)
     if shard.count > 1:
+        if output_format(out) == "npy":  # refused before any work: merge could not join them
+            raise UserError(".npy shards have no cell names and cannot be merged; shard into .h5 or .h5ad", out)
         out = shard.path(out)
     check_output(out, opts.overwrite, [checkpoint, data])
     if opts.delta and out.suffix.lower() == ".npy":

@@ -30,7 +30,7 @@ from .stream import Blocks
 REPORT = "run-report.tsv"
 #: Genes computed together from one pass over the data (bounds the models and buffers held at once).
 GROUP_GENES = 64
-FORMATS = ("h5", "npy")
+FORMATS = ("h5", "h5ad", "npy")
 
 
 @dataclass

@@ -50,6 +50,15 @@ def anndata_read_errors() -> tuple[type[Exception], ...]:
     return (IORegistryError,)
 
 
+def click_exceptions() -> Any:
+    """The click exceptions module that typer raises (typer >= 0.20 bundles its own click)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def _anndata(name: str) -> Callable:
     import anndata.io  # anndata >= 0.11 (the declared floor)
 

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-import typer
+import sys
 
+import typer
+from typer.core import TyperGroup
+
+from .._compat import click_exceptions
 from .._version import __version__
+from ..errors import EXIT_USER
 from . import attribution_commands as attribution
 from . import downstream_commands as downstream
 from .common import state
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+
+class _OneLineErrors(TyperGroup):
+    """The command group, with usage errors (unknown option, missing argument, bad value or choice) as one
+    ``error:`` line and exit code 2, like every other bad input."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        errors = click_exceptions()
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except errors.UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:  # a bare command: its help
+                print(exc.ctx.get_help())
+                sys.exit(0)
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+            sys.exit(EXIT_USER)
+        except (typer.Abort, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=True, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Integrated-Gradients TF attributions for Cell2Net models.")
 
 

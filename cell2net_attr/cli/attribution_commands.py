@@ -13,15 +13,25 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_INTERNAL, EXIT_USER
-from .common import RUN_OPTIONS, err, option, reported, set_threads, shared_options
+from .common import (
+    RUN_OPTIONS,
+    OutputFormat,
+    err,
+    option,
+    plain,
+    reported,
+    set_threads,
+    shared_options,
+)
 
 
 @shared_options(*RUN_OPTIONS)
 def run(
     checkpoint: Path = typer.Argument(..., help="Cell2Net checkpoint GENE.pt."),
     data: Path = typer.Argument(..., help="Per-gene GENE.h5mu or the full multi-gene .h5mu."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .h5/.hdf5 or .npy [default: <gene>.tf_attr.h5]."),
-    gene: Optional[str] = typer.Option(None, help="Gene name [default: checkpoint file stem]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default="<gene>.tf_attr.h5",
+                                       help="Output .h5/.hdf5, .h5ad (AnnData) or .npy."),
+    gene: Optional[str] = typer.Option(None, show_default="the checkpoint's file stem", help="Gene name."),
     **opts,
 ) -> None:
     """Compute TF attributions for one checkpoint and write them to --out."""
@@ -44,7 +54,7 @@ def run_many(
     models: list[str] = typer.Argument(..., help="Checkpoint directories (*.pt), checkpoints, or @FILE lists."),
     data: Path = typer.Argument(..., help="The full multi-gene .h5mu (read once for all genes)."),
     out_dir: Path = typer.Option(..., "--out-dir", help="Directory for <gene>.h5 (or .h5ad, .npy) and run-report.tsv."),
-    fmt: str = typer.Option("h5", "--format", help="h5, h5ad or npy."),
+    fmt: OutputFormat = typer.Option("h5", "--format", help="Output format of every gene."),
     **opts,
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
@@ -62,7 +72,7 @@ def run_many(
                 detail = f": {o.error}" if o.error else f" -> {o.output}" if o.status == "done" else ""
                 err(f"[{i + 1}/{n}] {o.gene} {o.status}{detail}")
 
-        outcomes = run_genes(checkpoints, data, out_dir, fmt, run_options(opts), report, resolve_shard(opts["shard"]))
+        outcomes = run_genes(checkpoints, data, out_dir, plain(fmt), run_options(opts), report, resolve_shard(opts["shard"]))
         counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
         if not quiet or counts["failed"]:
             err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped, "
@@ -115,4 +125,4 @@ def run_options(opts: dict, **more):
     from ..pipeline.run import RunOptions
 
     fields = RunOptions.__dataclass_fields__
-    return RunOptions(**{k: v for k, v in {**opts, **more}.items() if k in fields})
+    return RunOptions(**{k: plain(v) for k, v in {**opts, **more}.items() if k in fields})

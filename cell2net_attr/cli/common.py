@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import signal
 import sys
 import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from enum import Enum
 from typing import Optional
 
 import typer
 
+from ..data.selection import IDX_TYPES
+from ..engines.base import METHODS, MODULE_MODES
+from ..engines.registry import ENGINES
 from ..errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError
 
 state = {"debug": False}
@@ -72,32 +75,50 @@ def on_sigterm():
 
 
 def set_threads(threads: Optional[int]) -> None:
-    import torch
-
-    if threads is None and os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        threads = int(os.environ["SLURM_CPUS_PER_TASK"])
+    """``--threads`` (or ``$SLURM_CPUS_PER_TASK``, read by the option) for torch."""
     if threads is not None:
-        if threads < 1:
-            raise UserError(f"must be >= 1, got {threads}", "--threads")
+        import torch
+
         torch.set_num_threads(threads)
+
+
+def _choices(name: str, values) -> type[Enum]:
+    """A str Enum of ``values``, so that help lists them and shell completion offers them."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+IdxType = _choices("IdxType", IDX_TYPES)
+Method = _choices("Method", METHODS)
+Engine = _choices("Engine", ENGINES)
+ModuleMode = _choices("ModuleMode", MODULE_MODES)
+OutputFormat = _choices("OutputFormat", ("h5", "h5ad", "npy"))
+
+
+def plain(value):
+    """An option's value for the library (a choice's text)."""
+    return value.value if isinstance(value, Enum) else value
 
 
 # Options shared by `run` and `run-many`: (type, option), defined once and given to both by `shared_options`.
 OPT = {
     "covariates": (Optional[str], typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'.")),
     "idx": (Optional[str], typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin).")),
-    "idx_type": (str, typer.Option("auto", help="How to read --idx tokens: auto, position or name.")),
-    "n_steps": (int, typer.Option(100, help="Integration steps.")),
-    "method": (str, typer.Option("gausslegendre", help="gausslegendre, riemann_left|right|middle|trapezoid, or exact.")),
+    "idx_type": (IdxType, typer.Option("auto", help="How to read --idx tokens.")),
+    "n_steps": (int, typer.Option(100, min=1, help="Integration steps.")),
+    "method": (Method, typer.Option("gausslegendre", help="captum's quadrature, or exact (closed form, fast engine).")),
     "multiply_by_inputs": (bool, typer.Option(True, "--multiply-by-inputs/--no-multiply-by-inputs",
                                               help="Multiply integrated gradients by the input (global attribution).")),
-    "engine": (str, typer.Option("fast", help="fast, or captum (the reference, as upstream runs it).")),
-    "module_mode": (str, typer.Option("eval", help="eval (upstream 0.13), or train (stochastic; captum engine only).")),
+    "engine": (Engine, typer.Option("fast", help="fast, or captum (the reference, as upstream runs it).")),
+    "module_mode": (ModuleMode, typer.Option("eval", help="eval (upstream 0.13), or train (stochastic; captum "
+                                                          "engine only).")),
     "seed": (Optional[int], typer.Option(None, help="Random seed for --module-mode train.")),
-    "batch_size": (Optional[int], typer.Option(None, help="Cells per batch [default: 256 fast, 4 captum].")),
-    "num_workers": (int, typer.Option(1, help="Background threads reading batches ahead (0 = none).")),
+    "batch_size": (Optional[int], typer.Option(None, min=1, show_default="256 fast, 4 captum",
+                                               help="Cells per batch handed to captum; the fast engine reads and "
+                                                    "computes in blocks of its own size, at least this.")),
+    "num_workers": (int, typer.Option(1, min=0, help="Background threads reading batches ahead (0 = none).")),
     "device": (str, typer.Option("auto", help="auto, cpu, cuda or cuda:N.")),
-    "threads": (Optional[int], typer.Option(None, help="Torch CPU threads [default: $SLURM_CPUS_PER_TASK if set].")),
+    "threads": (Optional[int], typer.Option(None, min=1, envvar="SLURM_CPUS_PER_TASK", show_envvar=True,
+                                            show_default="torch's own", help="Torch CPU threads.")),
     "delta": (bool, typer.Option(False, "--delta", help="Also store the per-cell convergence delta (HDF5).")),
     "overwrite": (bool, typer.Option(False, "--overwrite", help="Replace existing output.")),
     "rna_mod": (str, typer.Option("rna", help="RNA modality name.")),
@@ -106,8 +127,8 @@ OPT = {
                                                   help="HDF5 file locking (turn off on network file systems).")),
     "quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress and no summary.")),
     "resume": (bool, typer.Option(False, "--resume", help="Continue an interrupted run from its last saved chunk.")),
-    "shard": (Optional[str], typer.Option(None, help="K/N: compute contiguous part K (0-based) of N "
-                                                     "[default: from SLURM_ARRAY_TASK_* in a job array].")),
+    "shard": (Optional[str], typer.Option(None, show_default="from SLURM_ARRAY_TASK_* in a job array, else none",
+                                          help="K/N: compute contiguous part K (0-based) of N.")),
 }
 #: What `run` and `run-many` both take.
 RUN_OPTIONS = tuple(OPT)

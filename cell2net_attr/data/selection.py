@@ -47,11 +47,14 @@ def resolve_tokens(tokens: Sequence[str], obs_names: pd.Index, idx_type: str = "
     if idx_type == "auto":
         positional = [_is_positional(t) for t in tokens]
         if all(positional):
-            clash = [t for t in tokens if t in obs_names]
+            # a token is ambiguous only if it is a valid position *and* an obs name
+            valid = _valid_positions(tokens, len(obs_names))
+            clash = [t for t in tokens if t in obs_names and valid]
             if clash:
                 raise UserError(f"token(s) {clash[:SHOW]} are both positions and obs names; "
                                 f"say which with --idx-type position|name", param="idx")
-            idx_type = "position"
+            names = not valid and all(t in obs_names for t in tokens)
+            idx_type = "name" if names else "position"
         elif not any(positional):
             idx_type = "name"
         else:
@@ -84,6 +87,15 @@ def resolve_idx(idx, obs_names: pd.Index, idx_type: str = "auto") -> np.ndarray:
     if all(isinstance(i, str) for i in items):
         return _check_unique(_names(items, obs_names), obs_names)
     raise UserError("idx must be all integers or all obs names", "idx")
+
+
+def _valid_positions(tokens: Sequence[str], n: int) -> bool:
+    """Whether every positional token is in range for ``n`` cells."""
+    try:
+        _positions(tokens, n)
+    except UserError:
+        return False
+    return True
 
 
 def _positions(tokens: Sequence[str], n: int) -> np.ndarray:

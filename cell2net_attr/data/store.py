@@ -84,6 +84,11 @@ class H5Store(_Memo):
             raise UserError("data file not found", path)
         if self.path.is_dir():
             raise UserError("data path is a directory, expected an .h5mu file", path)
+        with open(self.path, "rb") as fh:
+            magic = fh.read(4)
+        if magic == b"PK\x03\x04":  # a zip: how torch saves a checkpoint
+            raise UserError("this is a PyTorch checkpoint (or another zip file), not an .h5mu: give the checkpoint "
+                            "first, then the data", path)
         try:
             self._file = h5py.File(self.path, "r", locking=locking)
         except OSError as exc:

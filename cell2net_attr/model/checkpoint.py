@@ -99,6 +99,9 @@ def _read_torch_file(path: Path) -> object:
         raise UserError("checkpoint file not found", path)
     if path.is_dir():
         raise UserError("checkpoint path is a directory, expected a .pt file", path)
+    if _is_hdf5(path):  # the arguments the wrong way round, most likely
+        raise UserError("this is an HDF5 file (data?), not a PyTorch checkpoint: give the checkpoint (GENE.pt) "
+                        "first, then the data (.h5mu)", path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -116,6 +119,13 @@ def _read_torch_file(path: Path) -> object:
             IndexError, KeyError, TypeError, MemoryError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"not a readable PyTorch checkpoint ({first})", path) from exc
+
+
+def _is_hdf5(path: Path) -> bool:
+    """HDF5's signature at 0, 512, 1024, ... (an .h5mu has a 512-byte user block before it)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    return any(head[o : o + 8] == b"\x89HDF\r\n\x1a\n" for o in (0, 512, 1024, 2048))
 
 
 def _shape(state: dict[str, torch.Tensor], key: str, path: Path) -> tuple[int, ...]:

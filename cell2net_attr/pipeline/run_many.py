@@ -60,11 +60,20 @@ def collect_checkpoints(items: list[str]) -> list[Path]:
         raise UserError(f"checkpoint(s) not found: {', '.join(missing[:5])}", missing[0])
     if not found:
         raise UserError("no checkpoints (*.pt) found", " ".join(items))
+    found = _unique_files(found)
     stems = [p.stem for p in found]
     dup = sorted({s for s in stems if stems.count(s) > 1})
     if dup:
         raise UserError(f"several checkpoints for gene(s) {dup[:5]}: outputs are named by gene", "MODELS")
     return found
+
+
+def _unique_files(paths: list[Path]) -> list[Path]:
+    """Each file once (a directory and a file in it name the same checkpoint), in first-seen order."""
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        seen.setdefault(p.resolve(), p)
+    return list(seen.values())
 
 
 def run_many(
@@ -170,10 +179,34 @@ def _failed(ck: Path, out: Path, exc: BaseException, seconds: float) -> GeneOutc
     return GeneOutcome(ck.stem, ck, "failed", out, seconds, f"internal error: {type(exc).__name__}: {first}")
 
 
+REPORT_COLUMNS = ["gene", "status", "seconds", "checkpoint", "output", "error"]
+
+
 def write_report(path: Path, outcomes: list[GeneOutcome]) -> None:
-    """``gene, status, seconds, checkpoint, output, error`` per gene, written atomically."""
+    """``gene, status, seconds, checkpoint, output, error`` per gene, written atomically.
+
+    The report accumulates over reruns: genes of an earlier run that this one did not touch keep their
+    rows; a gene run again gets its new row.
+    """
+    rows = {row[0]: row for row in _earlier_rows(path)}
+    for o in outcomes:
+        if o.status == "skipped" and o.gene in rows and rows[o.gene][1] == "done":
+            continue  # keep the row of the run that computed it
+        rows[o.gene] = [o.gene, o.status, f"{o.seconds:.2f}", str(o.checkpoint), str(o.output),
+                        o.error.replace("\t", " ")]
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        w.writerow(["gene", "status", "seconds", "checkpoint", "output", "error"])
-        for o in outcomes:
-            w.writerow([o.gene, o.status, f"{o.seconds:.2f}", o.checkpoint, o.output, o.error.replace("\t", " ")])
+        w.writerow(REPORT_COLUMNS)
+        w.writerows(rows.values())
+
+
+def _earlier_rows(path: Path) -> list[list[str]]:
+    """The rows of an existing report (none when absent or not ours)."""
+    try:
+        with open(path, newline="") as fh:
+            table = list(csv.reader(fh, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    if not table or table[0] != REPORT_COLUMNS:
+        return []
+    return [row for row in table[1:] if len(row) == len(REPORT_COLUMNS)]

@@ -103,6 +103,9 @@ def plain(value):
 OPT = {
     "covariates": (Optional[str], typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'.")),
     "idx": (Optional[str], typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin).")),
+    "where": (Optional[str], typer.Option(None, help="Only cells whose obs row satisfies this comparison of columns, "
+                                                     "e.g. \"celltype == 'Mono' and n_counts > 1000\" (with --idx: "
+                                                     "both, in --idx order).")),
     "idx_type": (IdxType, typer.Option("auto", help="How to read --idx tokens.")),
     "n_steps": (int, typer.Option(100, min=1, help="Integration steps.")),
     "method": (Method, typer.Option("gausslegendre", help="captum's quadrature, or exact (closed form, fast engine).")),

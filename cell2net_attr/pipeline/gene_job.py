@@ -19,7 +19,9 @@ import torch
 from .._version import __version__
 from ..data.gene_view import Batch
 from ..data.rows import SharedRows
+from ..data.selection import resolve_tokens
 from ..data.store import CellNames
+from ..data.where import where_mask
 from ..engines.base import IGParams
 from ..engines.registry import make_engine
 from ..errors import Terminated, UserError
@@ -40,6 +42,17 @@ class Selection:
 
     rows: np.ndarray
     digest: str
+
+    @classmethod
+    def resolve(cls, store, names: CellNames, tokens: list[str] | None, idx_type: str,
+                where: str | None) -> Selection:
+        """The cells of ``--idx`` tokens (all when ``None``) that satisfy ``--where``, in ``--idx`` order."""
+        rows = resolve_tokens(tokens, names.index, idx_type) if tokens is not None else np.arange(len(names))
+        if where:
+            rows = rows[where_mask(store, where, len(names))[rows]]
+            if not len(rows):
+                raise UserError(f"no selected cell satisfies {where!r}", param="where")
+        return cls.of(names, rows)
 
     @classmethod
     def of(cls, names: CellNames, rows: np.ndarray) -> Selection:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from ..data.selection import read_tokens, resolve_tokens
+from ..data.selection import read_tokens
 from ..engines.base import IGParams
 from ..engines.registry import EngineInfo, check_engine
 from ..errors import Terminated, UserError
@@ -46,6 +44,7 @@ class RunOptions:
     hdf5_locking: bool | None = None
     quiet: bool = False
     resume: bool = False
+    where: str | None = None
 
     def params(self) -> IGParams:
         """The attribution parameters (checked when made)."""
@@ -98,10 +97,9 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
                        opts.hdf5_locking)
     try:
         names = model.data.names
-        selected = (resolve_tokens(tokens, model.data.obs_names, opts.idx_type) if tokens is not None
-                    else np.arange(len(names)))
-        start, stop = shard.bounds(len(selected))
-        spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size), Selection.of(names, selected), start,
+        selection = Selection.resolve(model.data.store, names, tokens, opts.idx_type, opts.where)
+        start, stop = shard.bounds(len(selection.rows))
+        spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size), selection, start,
                        stop, shard.index, shard.count, file_sha256(data), opts.resume, opts.hdf5_locking)
         job = open_job(model, out, spec, checkpoint, data)
         try:

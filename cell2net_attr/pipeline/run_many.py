@@ -12,10 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from .._lists import is_list_file, read_list_file
-from ..data.selection import read_tokens, resolve_tokens
+from ..data.selection import read_tokens
 from ..data.store import H5Store
 from ..errors import Terminated, UserError
 from ..io.writers import atomic_output, check_output
@@ -123,9 +121,9 @@ def run_many(
                 todo.append((ck, out))
         if todo:
             names = store.memo("obs names", lambda: store.cell_names("obs"))
-            selected = resolve_tokens(tokens, names.index, opts.idx_type) if tokens is not None else np.arange(len(names))
-            spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(todo)), Selection.of(names, selected),
-                           0, len(selected), data_sha256=file_sha256(data), resume=opts.resume,
+            selection = Selection.resolve(store, names, tokens, opts.idx_type, opts.where)
+            spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(todo)), selection,
+                           0, len(selection.rows), data_sha256=file_sha256(data), resume=opts.resume,
                            hdf5_locking=opts.hdf5_locking)
             for a in range(0, len(todo), GROUP_GENES):
                 group = todo[a : a + GROUP_GENES]

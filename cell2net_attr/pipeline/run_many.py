@@ -188,8 +188,6 @@ def write_report(path: Path, outcomes: list[GeneOutcome]) -> None:
     """
     rows = {row[0]: row for row in _earlier_rows(path)}
     for o in outcomes:
-        if o.status == "skipped" and o.gene in rows and rows[o.gene][1] == "done":
-            continue  # keep the row of the run that computed it
         rows[o.gene] = [o.gene, o.status, f"{o.seconds:.2f}", str(o.checkpoint), str(o.output),
                         o.error.replace("\t", " ")]
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:

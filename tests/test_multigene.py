@@ -82,8 +82,13 @@ def test_checkpoint_lists(demo_atlas, tmp_path):
     assert list(_report(out)) == ["GC", "GA", "GB"]
     with h5py.File(out / "GB.h5") as f:
         assert f["attributions"].shape == (5, 7)
-    r = invoke(["run-many", str(checkpoints[0]), str(checkpoints[0]), str(data), "--out-dir", str(out)])
-    assert r.exit_code == 2 and "several checkpoints" in r.stderr
+    r = invoke(["run-many", str(checkpoints[0]), str(checkpoints[0]), str(data), "--out-dir", str(out), "-q"])
+    assert r.exit_code == 0, r.output  # the same file twice is one gene (already done: skipped)
+    twin = tmp_path / "elsewhere" / checkpoints[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(checkpoints[0].read_bytes())
+    r = invoke(["run-many", str(checkpoints[0]), str(twin), str(data), "--out-dir", str(out)])
+    assert r.exit_code == 2 and "several checkpoints" in r.stderr  # two files for one gene: which one?
     r = invoke(["run-many", str(tmp_path / "nope.pt"), str(data), "--out-dir", str(out)])
     assert r.exit_code == 2 and "not found" in r.stderr
     r = invoke(["run-many", str(checkpoints[0]), str(data), "--out-dir", str(out), "--format", "csv"])

@@ -10,11 +10,11 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["AttributionModel", "load_model", "tf_attr", "__version__"]
+__all__ = ["AttributionModel", "load_model", "peak_attr", "tf_attr", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("AttributionModel", "load_model", "tf_attr"):
+    if name in ("AttributionModel", "load_model", "peak_attr", "tf_attr"):
         from . import api
 
         return getattr(api, name)

@@ -1,4 +1,4 @@
-"""The notebook API: :func:`load_model` and :func:`tf_attr`, mirroring cell2net's ``tf_attr``."""
+"""The notebook API: :func:`load_model`, :func:`tf_attr` and :func:`peak_attr`, mirroring cell2net's."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .engines.base import IGParams
 from .pipeline.binding import AttributionModel, as_model, load_model, run_cells
 from .pipeline.progress import NullProgress, Progress
 
-__all__ = ["AttributionModel", "load_model", "tf_attr", "attribute"]
+__all__ = ["AttributionModel", "load_model", "tf_attr", "peak_attr", "attribute"]
 
 
 def tf_attr(
@@ -40,6 +40,31 @@ def tf_attr(
     return attr
 
 
+def peak_attr(
+    model: Any,
+    idx: list[int] | list[str] | str | None = None,
+    batch_size: int = 4,
+    num_workers: int = 1,
+    n_steps: int = 100,
+    multiply_by_inputs: bool = True,
+    *,
+    method: str = "gausslegendre",
+    engine: str = "fast",
+    module_mode: str = "eval",
+    seed: int | None = None,
+    idx_type: str = "auto",
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Integrated Gradients of the prediction with respect to peak accessibility, cells x peaks.
+
+    Same signature and result as ``cell2net.interpretation.peak_attr`` (baseline zero accessibility;
+    sequence, distance, TF expression and covariates fixed); peaks in the per-gene ``atac.var`` order.
+    """
+    attr, _ = attribute(model, idx, batch_size, num_workers, IGParams(n_steps, method, multiply_by_inputs,
+                        module_mode, seed, target="peaks"), engine, idx_type, progress)
+    return attr
+
+
 def attribute(
     model: Any,
     idx,
@@ -53,7 +78,7 @@ def attribute(
     """Attributions (and deltas when ``params.return_delta``) held in memory."""
     m = as_model(model)
     rows = resolve_idx(idx, m.data.obs_names, idx_type)
-    out = np.empty((len(rows), len(m.tfs)), dtype=np.float32)
+    out = np.empty((len(rows), len(m.features(params.target))), dtype=np.float32)
     delta = np.empty(len(rows), dtype=np.float32) if params.return_delta else None
 
     def sink(start: int, a: np.ndarray, d: np.ndarray | None) -> None:

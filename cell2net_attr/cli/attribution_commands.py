@@ -44,7 +44,8 @@ def run(
         result = run_one(checkpoint, data, run_options(opts, out=out, gene=gene), shard=resolve_shard(opts["shard"]))
         if not opts["quiet"]:
             secs = time.monotonic() - t0
-            err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} TFs in {secs:.2f}s "
+            what = "peaks" if plain(opts["target"]) == "peaks" else "TFs"
+            err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} {what} in {secs:.2f}s "
                  f"({result.n_cells / max(secs, 1e-9):.1f} cells/s, {result.engine} engine on {result.device}) "
                  f"-> {result.path}")
 

@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from ..data.selection import IDX_TYPES
-from ..engines.base import METHODS, MODULE_MODES
+from ..engines.base import METHODS, MODULE_MODES, TARGETS
 from ..engines.registry import ENGINES
 from ..errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError
 
@@ -92,6 +92,7 @@ Method = _choices("Method", METHODS)
 Engine = _choices("Engine", ENGINES)
 ModuleMode = _choices("ModuleMode", MODULE_MODES)
 OutputFormat = _choices("OutputFormat", ("h5", "h5ad", "npy"))
+Target = _choices("Target", TARGETS)
 
 
 def plain(value):
@@ -103,6 +104,8 @@ def plain(value):
 OPT = {
     "covariates": (Optional[str], typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'.")),
     "idx": (Optional[str], typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin).")),
+    "target": (Target, typer.Option("tfs", help="What to attribute: TF expression (upstream tf_attr) or peak "
+                                                "accessibility (upstream peak_attr).")),
     "where": (Optional[str], typer.Option(None, help="Only cells whose obs row satisfies this comparison of columns, "
                                                      "e.g. \"celltype == 'Mono' and n_counts > 1000\" (with --idx: "
                                                      "both, in --idx order).")),

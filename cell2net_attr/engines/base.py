@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 QUADRATURE_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 METHODS = QUADRATURE_METHODS + ("exact",)
 MODULE_MODES = ("eval", "train")
-TARGETS = ("tfs",)
+TARGETS = ("tfs", "peaks")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The reference engine: captum's ``IntegratedGradients`` over the whole module, as upstream runs it.
 
-Every input is handed to captum; sequence, accessibility and distance have baselines equal
-to themselves, so only the TF expression moves along the path. This is slow by design: it
+Every input is handed to captum; all but the target (TF expression, or peak accessibility) have
+baselines equal to themselves, so only the target moves along the path, from zero. This is slow by design: it
 stays the referee every faster engine is tested against.
 """
 
@@ -43,19 +43,21 @@ class CaptumEngine:
         b = peak_acc.shape[0]
         seq = self.peak_seq.unsqueeze(0).expand(b, *self.peak_seq.shape)
         dist = self.peak_dist.unsqueeze(0).expand(b, -1)
-        baseline_tf = torch.zeros_like(tf_exp)
+        peaks = self.params.target == "peaks"  # the input that moves from zero; the others are their own baseline
+        base_acc = torch.zeros_like(peak_acc) if peaks else peak_acc
+        base_tf = tf_exp if peaks else torch.zeros_like(tf_exp)
         attrs = self.ig.attribute(
             inputs=(seq, peak_acc, dist, tf_exp),
-            baselines=(seq, peak_acc, dist, baseline_tf),
+            baselines=(seq, base_acc, dist, base_tf),
             additional_forward_args=(covariates,),
             n_steps=self.params.n_steps,
             method=self.params.method,
         )
-        attr = attrs[3].detach()
+        attr = attrs[1 if peaks else 3].detach()
         delta = None
         if self.params.return_delta:
             with torch.no_grad():
                 fx = self.module(seq, peak_acc, dist, tf_exp, covariates)[:, 0]
-                f0 = self.module(seq, peak_acc, dist, baseline_tf, covariates)[:, 0]
+                f0 = self.module(seq, base_acc, dist, base_tf, covariates)[:, 0]
             delta = attr.sum(dim=1) - (fx - f0)
         return attr, delta

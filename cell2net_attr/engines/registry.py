@@ -24,10 +24,14 @@ class EngineInfo:
     summary: str
     methods: tuple[str, ...]
     module_modes: tuple[str, ...]
-    targets: tuple[str, ...]
+    factories: dict[str, str]  # target -> "module:Class", imported on first use
     default_batch: int
-    factory: str  # "module:Class", imported on first use
     compute_block: int | None = None  # cells per engine call; None = exactly the batch size (upstream's batches)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """What the engine attributes."""
+        return tuple(self.factories)
 
     def check(self, params: IGParams) -> None:
         """Raise :class:`UserError`, naming the parameter, for what this engine cannot do."""
@@ -43,13 +47,15 @@ class EngineInfo:
                             param="module_mode")
         if params.target not in self.targets:
             raise UserError(f"the {self.name} engine does not attribute '{params.target}'", param="target")
+        if params.target == "peaks" and params.method == "exact":
+            raise UserError("the exact method is for TF attributions (--target tfs) only", param="method")
 
 
 ENGINES: dict[str, EngineInfo] = {
     "fast": EngineInfo("fast", "structured IG: only what lies on the path is recomputed", METHODS, ("eval",),
-                       TARGETS, 256, "fast:FastEngine", compute_block=512),
+                       {"tfs": "fast:FastEngine", "peaks": "fast_peaks:FastPeakEngine"}, 256, compute_block=512),
     "captum": EngineInfo("captum", "captum over the whole module, as upstream runs it (the reference)",
-                         QUADRATURE_METHODS, MODULE_MODES, TARGETS, 4, "captum:CaptumEngine"),
+                         QUADRATURE_METHODS, MODULE_MODES, {t: "captum:CaptumEngine" for t in TARGETS}, 4),
 }
 
 
@@ -72,6 +78,6 @@ def make_engine(name: str, module: torch.nn.Module, peak_seq: torch.Tensor, peak
                 params: IGParams) -> Engine:
     """Build the engine ``name`` for a module whose shared inputs are on its device."""
     info = check_engine(name, params)
-    module_name, class_name = info.factory.split(":")
+    module_name, class_name = info.factories[params.target].split(":")
     cls = getattr(importlib.import_module(f"{__package__}.{module_name}"), class_name)
     return cls(module, peak_seq, peak_dist, params)

@@ -181,7 +181,8 @@ class H5Writer(_TempFileWriter):
             names = self._f.create_dataset(OBS_NAMES, shape=(n,), dtype=string)
             for a in range(0, n, NAME_BLOCK):  # in blocks: the names need not all be in memory
                 names[a : a + NAME_BLOCK] = np.asarray(obs_names[a : a + NAME_BLOCK], dtype=object)
-            self._f.create_dataset(FEATURE_NAMES["tfs"], data=np.asarray(tf_names, dtype=object), dtype=string)
+            self._f.create_dataset(FEATURE_NAMES[meta.get("target", "tfs")], data=np.asarray(tf_names, dtype=object),
+                                   dtype=string)
             self._delta = (self._f.create_dataset(DELTA, shape=(n,), maxshape=(None,), dtype="f4",
                                                   chunks=(chunk_rows,)) if with_delta else None)
             for key, value in meta.items():
@@ -216,7 +217,8 @@ class H5adWriter(_TempFileWriter):
             self._f.attrs["encoding-type"], self._f.attrs["encoding-version"] = "anndata", "0.1.0"
             self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
             self._x.attrs["encoding-type"], self._x.attrs["encoding-version"] = "array", "0.2.0"
-            write_elem(self._f, "var", pd.DataFrame(index=pd.Index(tf_names, name="tf")))
+            label = {"tfs": "tf", "peaks": "peak"}.get(meta.get("target", "tfs"), "feature")
+            write_elem(self._f, "var", pd.DataFrame(index=pd.Index(tf_names, name=label)))
             write_elem(self._f, "uns", {UNS_KEY: {k: plain_value(v) for k, v in meta.items()}})
             for key in ("obsm", "varm", "obsp", "varp", "layers"):
                 write_elem(self._f, key, {})

@@ -49,6 +49,10 @@ class AttributionModel:
         """Covariate obs columns, in the model's order."""
         return self.data.covariates
 
+    def features(self, target: str) -> list[str]:
+        """The names of what ``target`` attributes: the TFs, or the peaks (in the per-gene ``atac.var`` order)."""
+        return self.data.peaks if target == "peaks" else self.data.tfs
+
     @property
     def tfs(self) -> list[str]:
         """TF names in the model's input order."""

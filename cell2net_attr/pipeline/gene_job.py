@@ -140,7 +140,8 @@ class GeneJob:
         self.partial.flush()
         rows = self.spec.rows
         data = self.model.data
-        writer = open_writer(self.out, SelectedNames(data.names, rows), self.model.tfs, self.attrs,
+        features = self.model.features(self.spec.params.target)
+        writer = open_writer(self.out, SelectedNames(data.names, rows), features, self.attrs,
                              self.spec.params.return_delta, self.spec.hdf5_locking, lambda: data.obs_table(rows))
         try:
             for start, attr, delta in self.partial.chunks():
@@ -176,7 +177,7 @@ def open_job(model: AttributionModel, out: Path, spec: JobSpec, checkpoint: Path
     dist = torch.from_numpy(model.data.peak_dist).to(model.device)
     engine = make_engine(spec.engine, model.module, seq, dist, params)  # before any file is made
     place = {**identity.attrs(), "shard_index": spec.shard_index, "row_start": spec.row_start}
-    chunk_rows = max(256, min(16384, BUFFER_BYTES // (4 * max(1, len(model.tfs)) * spec.group_size)))
+    chunk_rows = max(256, min(16384, BUFFER_BYTES // (4 * max(1, len(model.features(params.target))) * spec.group_size)))
     partial = PartialRun(out, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows)
     job = GeneJob(model, out, spec, attrs, partial, done_before=partial.rows_done)
     job.feed = EngineFeed(engine, model.device, spec.blocks.compute, partial.add)

@@ -45,11 +45,12 @@ class RunOptions:
     quiet: bool = False
     resume: bool = False
     where: str | None = None
+    target: str = "tfs"
 
     def params(self) -> IGParams:
         """The attribution parameters (checked when made)."""
         return IGParams(self.n_steps, self.method, self.multiply_by_inputs, self.module_mode, self.seed,
-                        self.delta)
+                        self.delta, self.target)
 
     def check(self) -> tuple[IGParams, EngineInfo, int]:
         """Parameters, engine and batch size, checked before any file is read."""
@@ -82,7 +83,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     params, info, batch_size = opts.check()  # flags first: nothing is read before they are known good
     checkpoint, data = Path(checkpoint), Path(data)
     gene = opts.gene or checkpoint.stem
-    out = Path(opts.out) if opts.out else Path(f"{gene}.tf_attr.h5")
+    out = Path(opts.out) if opts.out else Path(f"{gene}.{'peak' if params.target == 'peaks' else 'tf'}_attr.h5")
     shard = shard or Shard(0, 1)
     if shard.count > 1:
         if output_format(out) == "npy":  # refused before any work: merge could not join them
@@ -114,4 +115,4 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
             raise
     finally:
         model.close()
-    return RunResult(model.gene, out, stop - start, len(model.tfs), opts.engine, str(model.device))
+    return RunResult(model.gene, out, stop - start, len(model.features(params.target)), opts.engine, str(model.device))

@@ -1,0 +1,93 @@
+"""Peak-accessibility attributions: upstream ``peak_attr`` outputs in ``ref/peaks`` reproduced numerically,
+through the CLI and the API, from the per-gene and the full ``.h5mu``; fast engine equals captum."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cell2net_attr
+from cell2net_attr.cli import app
+from cell2net_attr.engines.base import QUADRATURE_METHODS, IGParams
+from cell2net_attr.engines.registry import make_engine
+from cell2net_attr.model.architecture import ModelSpec
+from cell2net_attr.synthetic import random_module
+
+from .conftest import COVARIATES, UPSTREAM
+
+
+def _cases():
+    path = UPSTREAM / "ref" / "peaks" / "manifest.json"
+    if not path.is_file():
+        return [pytest.param("missing", {}, marks=pytest.mark.usefixtures("upstream"), id="fixtures-missing")]
+    man = json.loads(path.read_text())
+    return [pytest.param(g, r, id=r["file"]) for g, m in man["models"].items() for r in m["refs"]]
+
+
+def _data(upstream, gene, layout):
+    return upstream / "models" / f"{gene}.h5mu" if layout == "per-gene" else upstream / "full.h5mu"
+
+
+def _close(got, ref):
+    assert got.shape == tuple(ref.shape) and got.dtype == np.float32
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("layout", ["per-gene", "full"])
+@pytest.mark.parametrize("gene,ref", _cases())
+def test_api_reproduces_peak_reference(upstream, gene, ref, layout):
+    model = cell2net_attr.load_model(upstream / "models" / f"{gene}.pt", _data(upstream, gene, layout),
+                                     covariates=["cov0", "cov1"], device="cpu")
+    try:
+        got = cell2net_attr.peak_attr(model, idx=ref["idx"], n_steps=ref["n_steps"],
+                                      multiply_by_inputs=ref["multiply_by_inputs"])
+        peaks = json.loads((upstream / "ref" / "peaks" / "manifest.json").read_text())["models"][gene]["peaks"]
+        assert model.data.peaks == peaks
+    finally:
+        model.close()
+    _close(got, np.load(upstream / "ref" / "peaks" / ref["file"]))
+
+
+@pytest.mark.parametrize("layout", ["per-gene", "full"])
+@pytest.mark.parametrize("gene,ref", _cases())
+def test_cli_reproduces_peak_reference(upstream, tmp_path, gene, ref, layout):
+    out = tmp_path / "p.h5"
+    args = ["run", str(upstream / "models" / f"{gene}.pt"), str(_data(upstream, gene, layout)), "--target", "peaks",
+            "--covariates", COVARIATES, "--n-steps", str(ref["n_steps"]), "-o", str(out), "-q", "--delta",
+            "--multiply-by-inputs" if ref["multiply_by_inputs"] else "--no-multiply-by-inputs"]
+    if ref["idx"] is not None:
+        args += ["--idx", ",".join(map(str, ref["idx"]))]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    with h5py.File(out) as f:
+        _close(f["attributions"][:], np.load(upstream / "ref" / "peaks" / ref["file"]))
+        assert f.attrs["target"] == "peaks" and "peak_names" in f and "tf_names" not in f
+        if ref["multiply_by_inputs"]:  # completeness: the deltas are small against the attributions
+            assert np.abs(f["convergence_delta"][:]).max() < 0.05 * np.abs(f["attributions"][:]).sum(1).max() + 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("method", QUADRATURE_METHODS)
+@pytest.mark.parametrize("mbi", [True, False])
+def test_fast_peaks_equals_captum_on_random_models(seed, method, mbi):
+    g = torch.Generator().manual_seed(seed)
+    spec = ModelSpec(n_peaks=int(torch.randint(1, 9, (1,), generator=g)), peak_len=32,
+                     n_tfs=int(torch.randint(1, 7, (1,), generator=g)), n_covariates=seed, n_filters=(8, 8),
+                     n_channels=4, kernel_size=3 + seed, n_dims=8, n_attn_blocks=1 + seed)
+    module = random_module(spec, seed)
+    seq = torch.nn.functional.one_hot(torch.randint(0, 4, (spec.n_peaks, 32), generator=g), 4).float()
+    dist = torch.rand(spec.n_peaks, generator=g)
+    acc = torch.poisson(torch.full((5, spec.n_peaks), 1.5), generator=g)
+    tf = torch.poisson(torch.full((5, spec.n_tfs), 2.0), generator=g)
+    cov = torch.randn(5, spec.n_covariates, generator=g)
+    params = IGParams(n_steps=12, method=method, multiply_by_inputs=mbi, return_delta=True, target="peaks")
+    fast, d_fast = make_engine("fast", module, seq, dist, params).attribute(acc, tf, cov)
+    ref, d_ref = make_engine("captum", module, seq, dist, params).attribute(acc, tf, cov)
+    assert fast.shape == (5, spec.n_peaks)
+    assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-7
+    assert (d_fast - d_ref).abs().max() <= 1e-4 * (ref.abs().max() + 1)

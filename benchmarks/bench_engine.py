@@ -48,8 +48,9 @@ def measure(part: str, n_cells: int, batch: int, device_name: str) -> dict:
     device = torch.device(device_name)
     module = random_module(SPEC, seed=1).to(device)
     seq, dist, acc, tf, cov = _inputs(n_cells, device)
-    params = IGParams(n_steps=100, method="gausslegendre")
-    repeats = 1 if part == "captum" else 3  # the reference takes seconds per cell; one pass is plenty
+    target = "peaks" if part.endswith("_peaks") else "tfs"
+    params = IGParams(n_steps=100, method="gausslegendre", target=target)
+    repeats = 1 if part.startswith("captum") else 3  # the reference takes seconds per cell; one pass is plenty
 
     def run_batches(fn) -> float:
         """Best of ``repeats`` passes over all cells (the least disturbed by other load)."""
@@ -82,7 +83,7 @@ def measure(part: str, n_cells: int, batch: int, device_name: str) -> dict:
                 module.fc(module.head_input(peaks, dist.expand(b, -1), tf[s:e], cov[s:e]))
     else:
         t_build = time.perf_counter()
-        engine = make_engine(part, module, seq, dist, params)
+        engine = make_engine(part.removesuffix("_peaks"), module, seq, dist, params)
         t_build = time.perf_counter() - t_build
 
         def fn(s, e):
@@ -146,6 +147,8 @@ def main() -> None:
         child("forward", args.fast_cells, 256, args.device),
         child("forward_shared", args.fast_cells, 256, args.device),
         child("tf_attr4", args.fast_cells, 4, "cpu"),
+        child("captum_peaks", args.captum_cells, 4, args.device),
+        child("fast_peaks", max(args.fast_cells // 10, 8), 256, args.device),
         child("tf_attr256", args.fast_cells, 256, "cpu"),
     ]
     by = {r["part"]: r for r in rows}
@@ -153,7 +156,8 @@ def main() -> None:
           + (f"{'peak GPU MiB':>14}" if args.device != "cpu" else ""))
     labels = {"captum": "captum reference engine", "fast": "fast engine",
               "forward": "forward only (whole module)", "forward_shared": "forward only (seq encoder once)",
-              "tf_attr4": "tf_attr API, batch_size=4", "tf_attr256": "tf_attr API, batch_size=256"}
+              "tf_attr4": "tf_attr API, batch_size=4", "tf_attr256": "tf_attr API, batch_size=256",
+              "captum_peaks": "peaks: captum reference engine", "fast_peaks": "peaks: fast engine"}
     for r in rows:
         print(f"{labels[r['part']]:<34}{r['cells']:>7}{r['per_cell']:>12.3e}{1 / r['per_cell']:>11.1f}"
               f"{r['peak_rss_mib']:>14.0f}" + (f"{r['peak_gpu_mib']:>14.0f}" if args.device != "cpu" else ""))
@@ -161,6 +165,8 @@ def main() -> None:
     print(f"fast engine time / forward-only (whole module): {by['fast']['per_cell'] / by['forward']['per_cell']:.4f}x")
     print(f"fast engine time / forward-only (seq encoder once): "
           f"{by['fast']['per_cell'] / by['forward_shared']['per_cell']:.2f}x")
+    print(f"peaks: speed-up fast vs captum reference, per cell: "
+          f"{by['captum_peaks']['per_cell'] / by['fast_peaks']['per_cell']:,.0f}x")
     print(f"tf_attr API, batch_size=4 / batch_size=256 (data file included): "
           f"{by['tf_attr4']['per_cell'] / by['tf_attr256']['per_cell']:.2f}x")
 

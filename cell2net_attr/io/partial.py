@@ -48,8 +48,7 @@ class PartialRun:
         self._warn = warn
         self.identity = {k: plain_value(v) for k, v in identity.items()}
         # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
-        forced = os.environ.get("CELL2NET_ATTR_CHUNK_ROWS")
-        self.chunk_rows = int(forced) if forced else (chunk_rows or 16384)
+        self.chunk_rows = chunk_rows or 16384
         self.chunk_seconds = chunk_seconds
         self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self._last = time.monotonic()

@@ -93,6 +93,7 @@ class JobSpec:
     resume: bool = False
     hdf5_locking: bool | None = None
     group_size: int = 1  # genes computed together: their unsaved rows share BUFFER_BYTES
+    chunk_rows: int | None = None  # rows per saved chunk (--chunk-rows); None = sized to the buffer
 
     @property
     def rows(self) -> np.ndarray:
@@ -177,7 +178,8 @@ def open_job(model: AttributionModel, out: Path, spec: JobSpec, checkpoint: Path
     dist = torch.from_numpy(model.data.peak_dist).to(model.device)
     engine = make_engine(spec.engine, model.module, seq, dist, params)  # before any file is made
     place = {**identity.attrs(), "shard_index": spec.shard_index, "row_start": spec.row_start}
-    chunk_rows = max(256, min(16384, BUFFER_BYTES // (4 * max(1, len(model.features(params.target))) * spec.group_size)))
+    chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (4 * max(1, len(model.features(
+        params.target))) * spec.group_size)))
     partial = PartialRun(out, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows)
     job = GeneJob(model, out, spec, attrs, partial, done_before=partial.rows_done)
     job.feed = EngineFeed(engine, model.device, spec.blocks.compute, partial.add)

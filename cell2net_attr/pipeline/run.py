@@ -46,6 +46,7 @@ class RunOptions:
     resume: bool = False
     where: str | None = None
     target: str = "tfs"
+    chunk_rows: int | None = None
 
     def params(self) -> IGParams:
         """The attribution parameters (checked when made)."""
@@ -101,7 +102,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
         selection = Selection.resolve(model.data.store, names, tokens, opts.idx_type, opts.where)
         start, stop = shard.bounds(len(selection.rows))
         spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size), selection, start,
-                       stop, shard.index, shard.count, file_sha256(data), opts.resume, opts.hdf5_locking)
+                       stop, shard.index, shard.count, file_sha256(data), opts.resume, opts.hdf5_locking, chunk_rows=opts.chunk_rows)
         job = open_job(model, out, spec, checkpoint, data)
         try:
             compute([job], opts.num_workers, progress or make_progress(opts.quiet))

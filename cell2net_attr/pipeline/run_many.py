@@ -124,7 +124,7 @@ def run_many(
             selection = Selection.resolve(store, names, tokens, opts.idx_type, opts.where)
             spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(todo)), selection,
                            0, len(selection.rows), data_sha256=file_sha256(data), resume=opts.resume,
-                           hdf5_locking=opts.hdf5_locking)
+                           hdf5_locking=opts.hdf5_locking, chunk_rows=opts.chunk_rows)
             for a in range(0, len(todo), GROUP_GENES):
                 group = todo[a : a + GROUP_GENES]
                 _run_group(group, data, store, replace(spec, group_size=len(group)), opts, record, progress)

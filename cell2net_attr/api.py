@@ -14,55 +14,44 @@ from .pipeline.progress import NullProgress, Progress
 __all__ = ["AttributionModel", "load_model", "tf_attr", "peak_attr", "attribute"]
 
 
-def tf_attr(
-    model: Any,
-    idx: list[int] | list[str] | str | None = None,
-    batch_size: int = 4,
-    num_workers: int = 1,
-    n_steps: int = 100,
-    multiply_by_inputs: bool = True,
-    *,
-    method: str = "gausslegendre",
-    engine: str = "fast",
-    module_mode: str = "eval",
-    seed: int | None = None,
-    idx_type: str = "auto",
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """Integrated Gradients of the prediction with respect to TF expression, cells x TFs.
+def _upstream(target: str, doc: str):
+    """An attribution function with upstream's signature (``tf_attr``/``peak_attr``) for ``target``."""
 
-    Same signature and result as ``cell2net.interpretation.tf_attr`` (baseline zero for TF
-    expression, other inputs held fixed); the keyword-only arguments choose the quadrature
-    (or ``method="exact"``), the engine, and the module mode.
-    """
-    attr, _ = attribute(model, idx, batch_size, num_workers, IGParams(n_steps, method, multiply_by_inputs,
-                        module_mode, seed), engine, idx_type, progress)
+    def attr(
+        model: Any,
+        idx: list[int] | list[str] | str | None = None,
+        batch_size: int = 4,
+        num_workers: int = 1,
+        n_steps: int = 100,
+        multiply_by_inputs: bool = True,
+        *,
+        method: str = "gausslegendre",
+        engine: str = "fast",
+        module_mode: str = "eval",
+        seed: int | None = None,
+        idx_type: str = "auto",
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        params = IGParams(n_steps, method, multiply_by_inputs, module_mode, seed, target=target)
+        return attribute(model, idx, batch_size, num_workers, params, engine, idx_type, progress)[0]
+
+    attr.__name__ = attr.__qualname__ = f"{target[:-1]}_attr"
+    attr.__doc__ = doc
     return attr
 
 
-def peak_attr(
-    model: Any,
-    idx: list[int] | list[str] | str | None = None,
-    batch_size: int = 4,
-    num_workers: int = 1,
-    n_steps: int = 100,
-    multiply_by_inputs: bool = True,
-    *,
-    method: str = "gausslegendre",
-    engine: str = "fast",
-    module_mode: str = "eval",
-    seed: int | None = None,
-    idx_type: str = "auto",
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """Integrated Gradients of the prediction with respect to peak accessibility, cells x peaks.
+tf_attr = _upstream("tfs", """Integrated Gradients of the prediction with respect to TF expression, cells x TFs.
+
+    Same signature and result as ``cell2net.interpretation.tf_attr`` (baseline zero for TF expression,
+    other inputs held fixed); the keyword-only arguments choose the quadrature (or ``method="exact"``),
+    the engine, and the module mode.
+    """)
+
+peak_attr = _upstream("peaks", """Integrated Gradients of the prediction with respect to peak accessibility, cells x peaks.
 
     Same signature and result as ``cell2net.interpretation.peak_attr`` (baseline zero accessibility;
     sequence, distance, TF expression and covariates fixed); peaks in the per-gene ``atac.var`` order.
-    """
-    attr, _ = attribute(model, idx, batch_size, num_workers, IGParams(n_steps, method, multiply_by_inputs,
-                        module_mode, seed, target="peaks"), engine, idx_type, progress)
-    return attr
+    """)
 
 
 def attribute(

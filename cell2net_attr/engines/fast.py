@@ -28,41 +28,44 @@ from .base import IGParams
 from .peak_encoder import PeakEncoder
 
 
-class FastEngine:
-    """Structured IG for a :class:`Cell2NetModule` in eval mode."""
+class GeneHead:
+    """What a structured engine precomputes once per gene: the peak encoder, the head's first Linear split
+    by input (its distance and bias terms folded into one constant row), and captum's quadrature."""
 
     name = "fast"
 
     def __init__(self, module: nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor,
                  params: IGParams) -> None:
+        self.params = params
         if not isinstance(module, Cell2NetModule):
             raise UserError(f"the fast engine needs a Cell2Net module, got {type(module).__name__}", param="engine")
-        self.module = module.eval()
-        self.params = params
         first = module.fc[0]
         if not isinstance(first, nn.Linear):
             raise UserError("the head does not start with a Linear layer", param="engine")
-        self.rest = module.fc[1:]
-        spec = module.spec
+        self.module, self.rest, spec = module.eval(), module.fc[1:], module.spec
         w = first.weight.detach()
         n_enc = spec.n_peaks * spec.n_dims
         self.w_peaks_t = w[:, :n_enc].T.contiguous()  # (P*D, H)
         self.w_tf = w[:, module.tf_slice()]  # (H, T)
         self.w_cov_t = w[:, module.tf_slice().stop:].T.contiguous()  # (C, H)
         with torch.no_grad():
-            seq_embd = module.encode_sequences(peak_seq.unsqueeze(0))  # (1, P, F*L')
-            self.encoder = PeakEncoder(module, seq_embd)
-            # the distances and the bias are the same for every cell: one constant row of the pre-activation
+            self.encoder = PeakEncoder(module, module.encode_sequences(peak_seq.unsqueeze(0)))
             self.const = (peak_dist @ w[:, n_enc : n_enc + spec.n_peaks].T + first.bias.detach()).unsqueeze(0)
-        device, dtype = peak_dist.device, w.dtype
-        self.head_scale = _standard_head_scale(self.rest)  # None: a head of another shape, by autograd
-        if params.method == "exact":
-            if self.head_scale is None:
-                _exact_head_scale(self.rest)  # raises, naming the head's layers
-        else:
+        if params.method != "exact":
             alphas, steps = quadrature(params.method, params.n_steps)
-            self.alphas = torch.tensor(alphas, dtype=dtype, device=device)
-            self.steps = torch.tensor(steps, dtype=dtype, device=device)
+            self.alphas = torch.tensor(alphas, dtype=w.dtype, device=peak_dist.device)
+            self.steps = torch.tensor(steps, dtype=w.dtype, device=peak_dist.device)
+
+
+class FastEngine(GeneHead):
+    """Structured IG over TF expression for a :class:`Cell2NetModule` in eval mode."""
+
+    def __init__(self, module: nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor,
+                 params: IGParams) -> None:
+        super().__init__(module, peak_seq, peak_dist, params)
+        self.head_scale = _standard_head_scale(self.rest)  # None: a head of another shape, by autograd
+        if params.method == "exact" and self.head_scale is None:
+            _exact_head_scale(self.rest)  # raises, naming the head's layers
 
     @torch.no_grad()
     def _path(self, peak_acc: torch.Tensor, tf_exp: torch.Tensor, covariates: torch.Tensor):

@@ -10,41 +10,20 @@ into one autograd pass. The quadrature nodes and weights are captum's own.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from .._compat import quadrature
-from ..errors import UserError
-from ..model.architecture import Cell2NetModule
-from .base import IGParams
-from .peak_encoder import PeakEncoder
+from .fast import GeneHead
 
 #: Path points per autograd pass (cells x steps): bounds the memory autograd keeps.
 POINTS_PER_PASS = 2048
 
 
-class FastPeakEngine:
+class FastPeakEngine(GeneHead):
     """Structured IG over peak accessibility for a :class:`Cell2NetModule` in eval mode."""
 
-    name = "fast"
-
-    def __init__(self, module: nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor,
-                 params: IGParams) -> None:
-        if not isinstance(module, Cell2NetModule):
-            raise UserError(f"the fast engine needs a Cell2Net module, got {type(module).__name__}", param="engine")
-        self.module, self.params = module.eval(), params
-        spec = module.spec
-        first = module.fc[0]
-        w = first.weight.detach()
-        n_enc = spec.n_peaks * spec.n_dims
-        self.w_peaks_t = w[:, :n_enc].T.contiguous()
-        self.w_rest_t = w[:, n_enc + spec.n_peaks:].T.contiguous()  # TFs, then covariates
-        self.rest = module.fc[1:]
-        with torch.no_grad():
-            self.encoder = PeakEncoder(module, module.encode_sequences(peak_seq.unsqueeze(0)))
-            self.const = (peak_dist @ w[:, n_enc : n_enc + spec.n_peaks].T + first.bias.detach()).unsqueeze(0)
-        alphas, steps = quadrature(params.method, params.n_steps)
-        self.alphas = torch.tensor(alphas, dtype=w.dtype, device=peak_dist.device)
-        self.steps = torch.tensor(steps, dtype=w.dtype, device=peak_dist.device)
+    @property
+    def w_rest_t(self) -> torch.Tensor:
+        """The head's TF and covariate columns, (T + C, H): fixed along this path."""
+        return torch.cat([self.w_tf.T, self.w_cov_t])
 
     def _output(self, acc: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """The prediction (N,) for accessibility ``acc`` and the fixed part of the head's pre-activation."""

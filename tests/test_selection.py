@@ -58,10 +58,12 @@ def test_idx_errors(spec, message):
 
 
 def test_ambiguous_tokens_need_idx_type():
+    obs = pd.Index([str(i) for i in range(5, 25)])  # 20 cells named 5..24
     with pytest.raises(UserError, match="idx-type"):
-        resolve_tokens(["12"], DIGIT_OBS)
-    assert resolve_tokens(["12"], DIGIT_OBS, "name").tolist() == [2]
-    assert resolve_tokens(["2"], DIGIT_OBS, "position").tolist() == [2]
+        resolve_tokens(["12"], obs)  # position 12 and name "12"
+    assert resolve_tokens(["12"], obs, "name").tolist() == [7]
+    assert resolve_tokens(["2"], obs, "position").tolist() == [2]
+    assert resolve_tokens(["12"], DIGIT_OBS).tolist() == [2]  # no position 12 among 10 cells: the name
 
 
 def test_idx_from_file_and_stdin(tmp_path):

@@ -74,9 +74,10 @@ def run_many(
                 err(f"[{i + 1}/{n}] {o.gene} {o.status}{detail}")
 
         outcomes = run_genes(checkpoints, data, out_dir, plain(fmt), run_options(opts), report, resolve_shard(opts["shard"]))
-        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "busy", "failed")}
         if not quiet or counts["failed"]:
-            err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped, "
+            busy = f", {counts['busy']} left to another run" if counts["busy"] else ""
+            err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped{busy}, "
                  f"{counts['failed']} failed; report in {out_dir}")
         if counts["failed"]:
             internal = any(o.error.startswith("internal error") for o in outcomes)

@@ -9,6 +9,7 @@ from ..data.selection import read_tokens
 from ..engines.base import IGParams
 from ..engines.registry import EngineInfo, check_engine
 from ..errors import Terminated, UserError
+from ..io.lock import OutputLock
 from ..io.schema import output_format
 from ..io.writers import check_output
 from ..model.checkpoint import file_sha256
@@ -93,6 +94,17 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     check_output(out, opts.overwrite, [checkpoint, data])
     if opts.delta and out.suffix.lower() == ".npy":
         raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", out)
+    lock = OutputLock(out).acquire()  # one writer per output: a second run stops here, touching nothing
+    try:
+        check_output(out, opts.overwrite, [checkpoint, data])  # again: another run may have just finished it
+        return _compute_one(checkpoint, data, gene, out, shard, opts, params, info, batch_size, progress)
+    finally:
+        lock.release()
+
+
+def _compute_one(checkpoint: Path, data: Path, gene: str, out: Path, shard: Shard, opts: RunOptions,
+                 params: IGParams, info: EngineInfo, batch_size: int, progress: Progress | None) -> RunResult:
+    """Select the cells, compute them into resumable chunks, and write the output (under the lock)."""
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
 
     model = load_model(checkpoint, data, gene, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod,

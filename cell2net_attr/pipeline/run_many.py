@@ -16,6 +16,7 @@ from .._lists import is_list_file, read_list_file
 from ..data.selection import read_tokens
 from ..data.store import H5Store
 from ..errors import Terminated, UserError
+from ..io.lock import OutputLock
 from ..io.writers import atomic_output, check_output
 from ..model.checkpoint import file_sha256
 from .binding import load_model
@@ -37,7 +38,7 @@ class GeneOutcome:
 
     gene: str
     checkpoint: Path
-    status: str  # done, skipped, failed
+    status: str  # done, skipped, busy (another process computes it), failed
     output: Path
     seconds: float = 0.0
     error: str = ""
@@ -136,20 +137,43 @@ def run_many(
 
 def _run_group(group: list[tuple[Path, Path]], data: Path, store: H5Store, spec: JobSpec, opts: RunOptions,
                record: Callable[[GeneOutcome], None], progress: Progress | None) -> None:
-    """Load and check each gene of the group, compute them together, then write each output."""
-    jobs = []
-    for ck, out in group:
-        t0 = time.monotonic()
-        try:
-            check_output(out, opts.overwrite, [ck, data])
-            if opts.delta and out.suffix == ".npy":
-                raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", out)
-            model = load_model(ck, store, None, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod)
-            job = open_job(model, out, spec, ck, data)
-            job.seconds = time.monotonic() - t0
-            jobs.append(job)
-        except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
-            record(_failed(ck, out, exc, time.monotonic() - t0))
+    """Load and check each gene of the group, compute them together, then write each output.
+
+    Each gene's output is locked first: a gene another process is computing is reported ``busy`` and left
+    to it, so overlapping runs share the work.
+    """
+    jobs, locks = [], []
+    try:
+        for ck, out in group:
+            t0 = time.monotonic()
+            lock = OutputLock(out)
+            holder = lock.try_acquire()
+            if holder is not None:
+                record(GeneOutcome(ck.stem, ck, "busy", out, 0.0, f"another run is computing it ({holder})"))
+                continue
+            locks.append(lock)
+            if out.exists() and not opts.overwrite:  # finished by another run meanwhile
+                record(GeneOutcome(ck.stem, ck, "skipped", out))
+                continue
+            try:
+                check_output(out, opts.overwrite, [ck, data])
+                if opts.delta and out.suffix == ".npy":
+                    raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", out)
+                model = load_model(ck, store, None, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod)
+                job = open_job(model, out, spec, ck, data)
+                job.seconds = time.monotonic() - t0
+                jobs.append(job)
+            except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
+                record(_failed(ck, out, exc, time.monotonic() - t0))
+        _compute_group(jobs, opts, record, progress)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _compute_group(jobs: list, opts: RunOptions, record: Callable[[GeneOutcome], None],
+                   progress: Progress | None) -> None:
+    """Compute the group's genes together, then write each output (or record its failure)."""
     compute(jobs, opts.num_workers, progress, isolate=True)
     for i, job in enumerate(jobs):
         ck = Path(job.attrs["checkpoint"])

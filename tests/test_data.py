@@ -94,7 +94,12 @@ def test_mdata_property_is_upstream_per_gene_view(upstream):
 def test_progress_kinds():
     import io
 
-    from cell2net_attr.pipeline.progress import LineProgress, NullProgress, RichProgress, make_progress
+    from cell2net_attr.pipeline.progress import (
+        LineProgress,
+        NullProgress,
+        RichProgress,
+        make_progress,
+    )
 
     class Tty(io.StringIO):
         def isatty(self):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import cell2net_attr
-from cell2net_attr.model.architecture import ModelSpec
 from cell2net_attr.engines.base import QUADRATURE_METHODS, IGParams
 from cell2net_attr.engines.registry import make_engine
 from cell2net_attr.errors import UserError
+from cell2net_attr.model.architecture import ModelSpec
 from cell2net_attr.synthetic import GeneSpec, make_gene_models
 
 SEEDS = [11, 12, 13, 14]

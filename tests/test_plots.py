@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cell2net_attr.downstream import activity, plots, summary
 from cell2net_attr.cli import app
+from cell2net_attr.downstream import activity, plots, summary
 
 from .test_tables import write_attr, write_h5mu
 

@@ -13,12 +13,12 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cell2net_attr.model.checkpoint import load_checkpoint
 from cell2net_attr.data.gene_view import load_gene_data, open_store
+from cell2net_attr.data.selection import read_tokens, resolve_idx, resolve_tokens
 from cell2net_attr.engines.base import IGParams
 from cell2net_attr.engines.registry import make_engine
 from cell2net_attr.errors import UserError
-from cell2net_attr.data.selection import read_tokens, resolve_idx, resolve_tokens
+from cell2net_attr.model.checkpoint import load_checkpoint
 
 from .conftest import COVARIATES, sha256_tree
 

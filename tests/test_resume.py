@@ -87,15 +87,20 @@ def test_rerun_without_resume_starts_over(slow_run, tmp_path, monkeypatch):
     _same(out, ref)
 
 
-def test_resume_refuses_a_partial_of_another_run(slow_run, tmp_path, monkeypatch):
+def _resume_with_other_options(slow_run, tmp_path, monkeypatch, change):
+    """Interrupt a run, then resume it with its options changed by ``change``: the CLI result."""
     monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
     ck, data, args, _ = slow_run
     out = tmp_path / "a.h5"
     rc, _ = _interrupt(_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
     assert rc == 143
-    other = [a if a != "24" else "25" for a in args]
-    r = CliRunner().invoke(app, ["run", str(ck), str(data), "--covariates", COVARIATES, "--out", str(out),
-                                 *other, "--resume"])
+    return CliRunner().invoke(app, ["run", str(ck), str(data), "--covariates", COVARIATES, "--out", str(out),
+                                    *change(args), "--resume"])
+
+
+def test_resume_refuses_a_partial_of_another_run(slow_run, tmp_path, monkeypatch):
+    r = _resume_with_other_options(slow_run, tmp_path, monkeypatch, lambda args: [a if a != "24" else "25"
+                                                                                   for a in args])
     assert r.exit_code == 2 and "different run" in r.stderr and "n_steps" in r.stderr
     assert (tmp_path / ".a.h5.partial").is_dir()  # nothing of the earlier run was destroyed
 
@@ -110,16 +115,9 @@ def test_resume_with_nothing_to_resume(demo_atlas, tmp_path):
 
 def test_resume_refuses_other_delta(slow_run, tmp_path, monkeypatch):
     """Cells saved without deltas are never completed with made-up ones: --delta is part of the identity."""
-    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
-    ck, data, args, _ = slow_run
-    out = tmp_path / "a.h5"
-    rc, _ = _interrupt(_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
-    assert rc == 143
-    without = [a for a in args if a != "--delta"]
-    r = CliRunner().invoke(app, ["run", str(ck), str(data), "--covariates", COVARIATES, "--out", str(out),
-                                 *without, "--resume"])
+    r = _resume_with_other_options(slow_run, tmp_path, monkeypatch, lambda args: [a for a in args if a != "--delta"])
     assert r.exit_code == 2 and "different run" in r.stderr and "delta" in r.stderr
-    assert not out.exists()
+    assert not (tmp_path / "a.h5").exists()
 
 
 def test_damaged_chunk_is_recomputed(slow_run, tmp_path, monkeypatch):

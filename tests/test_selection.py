@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cell2net_attr.errors import UserError
 from cell2net_attr.data.selection import read_tokens, resolve_idx, resolve_tokens
+from cell2net_attr.errors import UserError
 
 OBS = pd.Index([f"c{i}" for i in range(10)])
 DIGIT_OBS = pd.Index([str(i) for i in range(10, 20)])  # names that look like positions

@@ -9,7 +9,12 @@ from typer.testing import CliRunner
 
 from cell2net_attr.cli import app
 from cell2net_attr.errors import UserError
-from cell2net_attr.pipeline.shards import Shard, parse_shard, resolve_shard, shard_from_slurm
+from cell2net_attr.pipeline.shards import (
+    Shard,
+    parse_shard,
+    resolve_shard,
+    shard_from_slurm,
+)
 
 from .conftest import COVARIATES
 

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cell2net_attr.downstream import activity, groups, inputs, summary, tables_io
-from cell2net_attr.io import reader
 from cell2net_attr.cli import app
+from cell2net_attr.downstream import activity, groups, inputs, summary, tables_io
 from cell2net_attr.errors import UserError
+from cell2net_attr.io import reader
 
 from .conftest import COVARIATES, sha256_tree
 

@@ -105,6 +105,11 @@ class GeneData:
         self.store.close()
 
 
+def cell_names(store: Store) -> CellNames:
+    """The global ``obs`` names of ``store``, read on demand and shared by every gene of a job."""
+    return store.memo("obs names", lambda: store.cell_names("obs"))
+
+
 def open_store(data: str | Path | object, locking: bool | None = None) -> Store:
     """A store over an ``.h5mu`` path or an in-memory MuData (an open store is returned as is)."""
     if isinstance(data, (H5Store, MemoryStore)):
@@ -133,7 +138,7 @@ def load_gene_data(
     for mod in (rna_mod, atac_mod):
         if not store.has(f"mod/{mod}"):
             raise UserError(f"no modality '{mod}' (use --rna-mod/--atac-mod)", src)
-    obs_names = store.memo("obs names", lambda: store.cell_names("obs"))
+    obs_names = cell_names(store)
     if len(obs_names) == 0:
         raise UserError("the data has zero cells", src)
 

@@ -205,7 +205,7 @@ class H5Store(_Memo):
                 block = _csr_span(elem, int(rows[0]), span, n_cols, cols)
                 return block if span == len(rows) else block[rows - rows[0]]
             block = _take_rows(sparse_dataset(elem), rows)
-            block = sp.csr_matrix(block) if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+            block = sp.csr_matrix(block)
             _check_sparse(block)
             return block if cols is None else block[:, cols]
 

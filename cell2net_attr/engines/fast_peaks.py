@@ -9,6 +9,8 @@ into one autograd pass. The quadrature nodes and weights are captum's own.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .fast import GeneHead
@@ -20,7 +22,7 @@ POINTS_PER_PASS = 2048
 class FastPeakEngine(GeneHead):
     """Structured IG over peak accessibility for a :class:`Cell2NetModule` in eval mode."""
 
-    @property
+    @functools.cached_property
     def w_rest_t(self) -> torch.Tensor:
         """The head's TF and covariate columns, (T + C, H): fixed along this path."""
         return torch.cat([self.w_tf.T, self.w_cov_t])

@@ -8,7 +8,7 @@ One home for what `run` writes, `--resume` compares, `merge` checks and the read
   ``encoding-type`` :data:`ENCODING_TYPE` and ``encoding-version`` :data:`ENCODING_VERSION`.
 * AnnData (``.h5ad``): ``X`` = attributions, ``var`` = the features, ``obs`` = the cells (with
   ``convergence_delta``), the same attributes in ``uns[UNS_KEY]``.
-* ``.npy``: the matrix alone, with a JSON sidecar ``<out>.json`` holding the attributes and names.
+* ``.npy``: the matrix alone (no names, so it cannot be sharded or merged).
 
 :class:`RunIdentity` holds everything that changes what is stored: two outputs, a resumed run and
 its saved chunks, or the shards of one run belong together only when their identities are equal.
@@ -29,15 +29,13 @@ ATTRIBUTIONS = "attributions"
 OBS_NAMES = "obs_names"
 DELTA = "convergence_delta"
 FEATURE_NAMES = {"tfs": "tf_names", "peaks": "peak_names"}
-FEATURE_LABEL = {"tfs": "TF", "peaks": "peak"}
+#: The name of an AnnData output's ``var`` index, by target.
+VAR_INDEX_NAME = {"tfs": "tf", "peaks": "peak"}
 UNS_KEY = "cell2net_attr"
-SIDECAR_SUFFIX = ".json"
 
 #: Output suffixes and the format each names.
 FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
 
-#: Attributes that say where a shard's rows sit in the whole selection.
-SHARD_PLACE = ("shard_index", "row_start")
 #: Attributes that say where and by what an output was made; they may differ between shards and resumes.
 PROVENANCE = ("device", "tool", "tool_version", "checkpoint", "data", "data_layout", "merged_from")
 
@@ -114,11 +112,6 @@ def output_format(path: Path) -> str:
     if fmt is None:
         raise UserError(f"unknown output format '{Path(path).suffix}', use {', '.join(FORMATS)}", path)
     return fmt
-
-
-def sidecar_path(path: Path) -> Path:
-    """``G.npy`` -> ``G.npy.json``: the names and attributes of a ``.npy`` output."""
-    return Path(path).with_name(Path(path).name + SIDECAR_SUFFIX)
 
 
 def _plain(value: Any) -> Any:

@@ -27,6 +27,7 @@ from .schema import (
     FEATURE_NAMES,
     OBS_NAMES,
     UNS_KEY,
+    VAR_INDEX_NAME,
     output_format,
 )
 
@@ -47,10 +48,12 @@ class Writer(Protocol):
 
 
 
-def check_output(path: Path, overwrite: bool, inputs: list[Path]) -> str:
-    """Validate an attribution output path before any work; returns its format."""
+def check_output(path: Path, overwrite: bool, inputs: list[Path], delta: bool = False) -> str:
+    """Validate an attribution output path before any work (it can store deltas when asked); returns its format."""
     fmt = output_format(path)
     check_output_path(path, overwrite, inputs)
+    if delta and fmt == "npy":
+        raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", path)
     return fmt
 
 
@@ -166,12 +169,13 @@ def _reserve(path: Path) -> None:
 
 
 class H5Writer(_TempFileWriter):
-    """HDF5 with ``attributions``, ``obs_names``, ``tf_names``, optional ``convergence_delta``, metadata attrs."""
+    """HDF5 with ``attributions``, ``obs_names``, the feature names (TFs or peaks), optional
+    ``convergence_delta``, and the metadata as attributes."""
 
-    def __init__(self, path: Path, obs_names: Sequence[str], tf_names: list[str], meta: dict,
+    def __init__(self, path: Path, obs_names: Sequence[str], features: list[str], meta: dict,
                  with_delta: bool, locking: bool | None = None) -> None:
         super().__init__(path)
-        n, t = len(obs_names), len(tf_names)
+        n, t = len(obs_names), len(features)
         with _io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
             chunk_rows = max(1, min(n, 4096))
@@ -181,7 +185,7 @@ class H5Writer(_TempFileWriter):
             names = self._f.create_dataset(OBS_NAMES, shape=(n,), dtype=string)
             for a in range(0, n, NAME_BLOCK):  # in blocks: the names need not all be in memory
                 names[a : a + NAME_BLOCK] = np.asarray(obs_names[a : a + NAME_BLOCK], dtype=object)
-            self._f.create_dataset(FEATURE_NAMES[meta.get("target", "tfs")], data=np.asarray(tf_names, dtype=object),
+            self._f.create_dataset(FEATURE_NAMES[meta.get("target", "tfs")], data=np.asarray(features, dtype=object),
                                    dtype=string)
             self._delta = (self._f.create_dataset(DELTA, shape=(n,), maxshape=(None,), dtype="f4",
                                                   chunks=(chunk_rows,)) if with_delta else None)
@@ -206,10 +210,10 @@ class H5adWriter(_TempFileWriter):
     ``var`` indexed by TF names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
     the convergence delta, when asked, is ``obs["convergence_delta"]``."""
 
-    def __init__(self, path: Path, obs: pd.DataFrame, tf_names: list[str], meta: dict, with_delta: bool,
+    def __init__(self, path: Path, obs: pd.DataFrame, features: list[str], meta: dict, with_delta: bool,
                  locking: bool | None = None) -> None:
         super().__init__(path)
-        n, t = len(obs), len(tf_names)
+        n, t = len(obs), len(features)
         self._obs = obs
         self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
         with _io_errors(path, self.abort):
@@ -217,8 +221,8 @@ class H5adWriter(_TempFileWriter):
             self._f.attrs["encoding-type"], self._f.attrs["encoding-version"] = "anndata", "0.1.0"
             self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
             self._x.attrs["encoding-type"], self._x.attrs["encoding-version"] = "array", "0.2.0"
-            label = {"tfs": "tf", "peaks": "peak"}.get(meta.get("target", "tfs"), "feature")
-            write_elem(self._f, "var", pd.DataFrame(index=pd.Index(tf_names, name=label)))
+            label = VAR_INDEX_NAME[meta.get("target", "tfs")]
+            write_elem(self._f, "var", pd.DataFrame(index=pd.Index(features, name=label)))
             write_elem(self._f, "uns", {UNS_KEY: {k: plain_value(v) for k, v in meta.items()}})
             for key in ("obsm", "varm", "obsp", "varp", "layers"):
                 write_elem(self._f, key, {})
@@ -252,13 +256,13 @@ def plain_value(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def open_writer(path: Path, obs_names: Sequence[str], tf_names: list[str], meta: dict, with_delta: bool,
+def open_writer(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
                 locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
     """A writer for ``path``'s format (already validated by :func:`check_output`).
 
     ``obs_table`` supplies the selected cells' obs for AnnData output.
     """
-    n, t = len(obs_names), len(tf_names)
+    n, t = len(obs_names), len(features)
     if output_format(path) == "npy":
         _check_space(path, n * t * 4 + 4096)
         return NpyWriter(path, n, t)
@@ -267,14 +271,14 @@ def open_writer(path: Path, obs_names: Sequence[str], tf_names: list[str], meta:
         obs = obs_table() if obs_table is not None else pd.DataFrame(index=index)
         obs.index = index
         _check_space(path, n * t * 4 + n * (8 * obs.shape[1] + 48) + (64 << 10))
-        return H5adWriter(path, obs, tf_names, meta, with_delta, locking)
+        return H5adWriter(path, obs, features, meta, with_delta, locking)
     chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
     rows = -(-n // chunk) * chunk
     sample = obs_names[0:1000]  # name sizes estimated from a sample
     names = sum(len(str(s).encode()) + 16 for s in sample) * n // max(len(sample), 1)
-    names += sum(len(str(s).encode()) + 16 for s in tf_names)
+    names += sum(len(str(s).encode()) + 16 for s in features)
     _check_space(path, rows * t * 4 + (rows * 4 if with_delta else 0) + names + (32 << 10))
-    return H5Writer(path, obs_names, tf_names, meta, with_delta, locking)
+    return H5Writer(path, obs_names, features, meta, with_delta, locking)
 
 
 def _check_space(path: Path, needed: int) -> None:

@@ -21,7 +21,7 @@ from ..model.architecture import Cell2NetModule
 from ..model.checkpoint import Checkpoint, infer_spec, load_checkpoint
 from ..model.device import resolve_device
 from .progress import Progress
-from .stream import Blocks, EngineFeed, stream
+from .stream import Blocks, EngineFeed, Sink, stream
 
 
 @dataclass
@@ -147,15 +147,21 @@ def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: s
     info = check_engine(engine, params)
     check_batching(batch_size, num_workers)
     blocks = Blocks.choose(info, batch_size)
-    seq = torch.from_numpy(m.data.peak_seq).to(m.device)
-    dist = torch.from_numpy(m.data.peak_dist).to(m.device)
-    feed = EngineFeed(make_engine(engine, m.module, seq, dist, params), m.device, blocks.compute, sink)
+    feed = engine_feed(m, engine, params, blocks.compute, sink)
     reader = SharedRows([m.data])
     progress.start(len(rows), m.gene)
     try:
         stream([feed.feed], reader.read, rows, blocks.read, num_workers, progress.advance)
     finally:
         progress.stop()
+
+
+def engine_feed(m: AttributionModel, engine: str, params: IGParams, compute_block: int,
+                sink: Sink | None = None) -> EngineFeed:
+    """The engine ``engine`` built for ``m`` (shared inputs on its device), fed in blocks into ``sink``."""
+    seq = torch.from_numpy(m.data.peak_seq).to(m.device)
+    dist = torch.from_numpy(m.data.peak_dist).to(m.device)
+    return EngineFeed(make_engine(engine, m.module, seq, dist, params), m.device, compute_block, sink)
 
 
 def _per_gene_mudata(data: GeneData):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .._version import __version__
 from ..data.gene_view import Batch
@@ -23,12 +22,11 @@ from ..data.selection import resolve_tokens
 from ..data.store import CellNames
 from ..data.where import where_mask
 from ..engines.base import IGParams
-from ..engines.registry import make_engine
 from ..errors import Terminated, UserError
 from ..io.partial import PartialRun
 from ..io.schema import RunIdentity, output_attrs, output_format
 from ..io.writers import open_writer
-from .binding import AttributionModel
+from .binding import AttributionModel, engine_feed
 from .progress import NullProgress, Progress
 from .stream import Blocks, EngineFeed, stream
 
@@ -174,16 +172,22 @@ def open_job(model: AttributionModel, out: Path, spec: JobSpec, checkpoint: Path
     provenance = {"device": str(model.device), "tool": "cell2net-attr", "tool_version": __version__,
                   "checkpoint": str(checkpoint), "data": str(data), "data_layout": model.data.layout}
     attrs = output_attrs(identity, spec.shard_index, spec.row_start, provenance)
-    seq = torch.from_numpy(model.data.peak_seq).to(model.device)
-    dist = torch.from_numpy(model.data.peak_dist).to(model.device)
-    engine = make_engine(spec.engine, model.module, seq, dist, params)  # before any file is made
+    feed = engine_feed(model, spec.engine, params, spec.blocks.compute)  # before any file is made
     place = {**identity.attrs(), "shard_index": spec.shard_index, "row_start": spec.row_start}
     chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (4 * max(1, len(model.features(
         params.target))) * spec.group_size)))
     partial = PartialRun(out, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows)
-    job = GeneJob(model, out, spec, attrs, partial, done_before=partial.rows_done)
-    job.feed = EngineFeed(engine, model.device, spec.blocks.compute, partial.add)
-    return job
+    feed.sink = partial.add
+    return GeneJob(model, out, spec, attrs, partial, feed, done_before=partial.rows_done)
+
+
+def save_for_resume(exc: BaseException, jobs: list[GeneJob]) -> None:
+    """On an interrupt: save every live job's finished chunks and give ``exc`` the hint for the user (once)."""
+    if hasattr(exc, "resume_hint"):
+        return
+    hints = [j.interrupted() for j in jobs if j.failed is None]
+    exc.resume_hint = hints[0] if len(hints) == 1 else (  # type: ignore[attr-defined]
+        f"finished chunks of {len(hints)} genes saved; rerun the same command with --resume to continue")
 
 
 def compute(jobs: list[GeneJob], num_workers: int = 0, progress: Progress | None = None,
@@ -221,9 +225,7 @@ def compute(jobs: list[GeneJob], num_workers: int = 0, progress: Progress | None
         stream([feeder(j) for j in jobs], lambda r: reader.read(r, strict=not isolate), rows[first:],
                spec.blocks.read, num_workers, progress.advance)
     except (KeyboardInterrupt, Terminated) as exc:
-        hints = [j.interrupted() for j in jobs if j.failed is None]
-        exc.resume_hint = hints[0] if len(hints) == 1 else (  # type: ignore[attr-defined]
-            f"finished chunks of {len(hints)} genes saved; rerun the same command with --resume to continue")
+        save_for_resume(exc, jobs)
         raise
     except BaseException:
         for j in jobs:

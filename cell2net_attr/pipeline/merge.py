@@ -3,7 +3,7 @@ together: the same run identity (:class:`~cell2net_attr.io.schema.RunIdentity`),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -17,6 +17,7 @@ from ..io.schema import (
     DELTA,
     FEATURE_NAMES,
     OBS_NAMES,
+    PROVENANCE,
     UNS_KEY,
     RunIdentity,
     output_attrs,
@@ -124,10 +125,8 @@ def merge(paths: list[Path], out: Path, overwrite: bool = False) -> int:
     ordered = check_shards([read_shard(Path(p)) for p in paths])
     first = ordered[0]
     identity = first.identity
-    meta = output_attrs(type(identity)(**{**identity.attrs(), "format": output_format(out)}), 0, 0,
-                        {k: v for k, v in first.attrs.items() if k in ("device", "tool", "tool_version",
-                                                                         "checkpoint", "data", "data_layout")})
-    meta["merged_from"] = len(ordered)
+    provenance = {k: v for k, v in first.attrs.items() if k in PROVENANCE}
+    meta = output_attrs(replace(identity, format=output_format(out)), 0, 0, {**provenance, "merged_from": len(ordered)})
     obs = [name for s in ordered for name in s.obs]
     writer = open_writer(out, obs, first.features, meta, identity.delta, None, lambda: _obs_table(ordered, obs))
     try:

@@ -14,7 +14,7 @@ from ..io.schema import output_format
 from ..io.writers import check_output
 from ..model.checkpoint import file_sha256
 from .binding import check_batching, load_model
-from .gene_job import JobSpec, Selection, compute, open_job
+from .gene_job import JobSpec, Selection, compute, open_job, save_for_resume
 from .progress import Progress, make_progress
 from .shards import Shard
 from .stream import Blocks
@@ -91,9 +91,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
         if output_format(out) == "npy":  # refused before any work: merge could not join them
             raise UserError(".npy shards have no cell names and cannot be merged; shard into .h5 or .h5ad", out)
         out = shard.path(out)
-    check_output(out, opts.overwrite, [checkpoint, data])
-    if opts.delta and out.suffix.lower() == ".npy":
-        raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", out)
+    check_output(out, opts.overwrite, [checkpoint, data], opts.delta)
     lock = OutputLock(out).acquire()  # one writer per output: a second run stops here, touching nothing
     try:
         check_output(out, opts.overwrite, [checkpoint, data])  # again: another run may have just finished it
@@ -113,19 +111,19 @@ def _compute_one(checkpoint: Path, data: Path, gene: str, out: Path, shard: Shar
         names = model.data.names
         selection = Selection.resolve(model.data.store, names, tokens, opts.idx_type, opts.where)
         start, stop = shard.bounds(len(selection.rows))
-        spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size), selection, start,
-                       stop, shard.index, shard.count, file_sha256(data), opts.resume, opts.hdf5_locking, chunk_rows=opts.chunk_rows)
+        spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size), selection, start, stop, shard.index,
+                       shard.count, file_sha256(data), opts.resume, opts.hdf5_locking, chunk_rows=opts.chunk_rows)
         job = open_job(model, out, spec, checkpoint, data)
         try:
             compute([job], opts.num_workers, progress or make_progress(opts.quiet))
             job.finish()
         except (KeyboardInterrupt, Terminated) as exc:  # the chunks stay for --resume
-            if not hasattr(exc, "resume_hint"):
-                exc.resume_hint = job.interrupted()  # type: ignore[attr-defined]
+            save_for_resume(exc, [job])
             raise
         except BaseException:
             job.partial.discard()
             raise
     finally:
         model.close()
-    return RunResult(model.gene, out, stop - start, len(model.features(params.target)), opts.engine, str(model.device))
+    features = model.features(params.target)
+    return RunResult(model.gene, out, stop - start, len(features), opts.engine, str(model.device))

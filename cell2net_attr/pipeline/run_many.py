@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .._lists import is_list_file, read_list_file
+from ..data.gene_view import cell_names
 from ..data.selection import read_tokens
 from ..data.store import H5Store
 from ..errors import Terminated, UserError
@@ -20,7 +21,7 @@ from ..io.lock import OutputLock
 from ..io.writers import atomic_output, check_output
 from ..model.checkpoint import file_sha256
 from .binding import load_model
-from .gene_job import JobSpec, Selection, compute, open_job
+from .gene_job import JobSpec, Selection, compute, open_job, save_for_resume
 from .progress import Progress
 from .run import RunOptions
 from .shards import Shard
@@ -121,7 +122,7 @@ def run_many(
             else:
                 todo.append((ck, out))
         if todo:
-            names = store.memo("obs names", lambda: store.cell_names("obs"))
+            names = cell_names(store)
             selection = Selection.resolve(store, names, tokens, opts.idx_type, opts.where)
             spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(todo)), selection,
                            0, len(selection.rows), data_sha256=file_sha256(data), resume=opts.resume,
@@ -156,9 +157,7 @@ def _run_group(group: list[tuple[Path, Path]], data: Path, store: H5Store, spec:
                 record(GeneOutcome(ck.stem, ck, "skipped", out))
                 continue
             try:
-                check_output(out, opts.overwrite, [ck, data])
-                if opts.delta and out.suffix == ".npy":
-                    raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", out)
+                check_output(out, opts.overwrite, [ck, data], opts.delta)
                 model = load_model(ck, store, None, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod)
                 job = open_job(model, out, spec, ck, data)
                 job.seconds = time.monotonic() - t0
@@ -181,9 +180,7 @@ def _compute_group(jobs: list, opts: RunOptions, record: Callable[[GeneOutcome],
             try:
                 job.finish()
             except (KeyboardInterrupt, Terminated) as exc:
-                hints = [j.interrupted() for j in jobs[i:] if j.failed is None]
-                exc.resume_hint = (f"finished chunks of {len(hints)} genes saved; rerun the same "  # type: ignore
-                                   f"command with --resume to continue")
+                save_for_resume(exc, jobs[i:])
                 raise
             except Exception as exc:  # noqa: BLE001
                 job.failed = exc

@@ -48,7 +48,7 @@ class Blocks:
 class EngineFeed:
     """One gene's engine, fed row blocks and handing its results to ``sink(start, attr, delta)``."""
 
-    def __init__(self, engine: Engine, device: torch.device, compute_block: int, sink: Sink) -> None:
+    def __init__(self, engine: Engine, device: torch.device, compute_block: int, sink: Sink | None = None) -> None:
         self.engine, self.device, self.compute_block, self.sink = engine, device, compute_block, sink
 
     def feed(self, start: int, batch: Batch) -> None:

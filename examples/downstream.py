@@ -8,6 +8,10 @@ command line on it:
 2. ``summarize`` upstream tf_to_gene per cell type     -> summary.tsv
 3. ``activity``  TF x cell type activity, top TFs      -> activity.tsv, top_tfs.tsv
 4. ``plot``      a dotplot and a heatmap               -> dotplot.png, activity_heatmap.png
+5. AnnData for scanpy                                  -> summary.h5ad, activity.h5ad
+6. peaks: ``run-many --target peaks --format h5ad``, then ``summarize`` (upstream peak_to_gene) and ``plot``,
+   grouped by the ``celltype`` the .h5ad outputs carry  -> peaks/, peak_summary.tsv, peaks_GENE_A.png
+   (``examples/scanpy_plots.py`` draws 5 with scanpy.)
 
 Usage: ``python examples/downstream.py [--docs DIR]`` (``--docs`` also copies the heatmap into DIR).
 """
@@ -85,6 +89,15 @@ def main() -> None:
     sh(CLI + ["plot", str(OUT / "summary.tsv"), "--kind", "heatmap", "--zscore", "--top", "4",
               "--out", str(OUT / "activity_heatmap.png")])
     sh(CLI + ["plot", str(OUT / "summary.tsv"), "--kind", "dotplot", "--out", str(OUT / "dotplot_all.pdf")])
+    sh(CLI + ["summarize", str(attr), "--data", data_s, "--groupby", "celltype", "--out", str(OUT / "summary.h5ad")])
+    sh(CLI + ["activity", str(OUT / "summary.tsv"), "--top", "3", "--out", str(OUT / "activity.h5ad"), "-q"])
+
+    peaks = OUT / "peaks"
+    sh(CLI + ["run-many", str(OUT / "models"), data_s, "--target", "peaks", "--format", "h5ad", "--out-dir",
+              str(peaks), "--covariates", "cov0,cov1", "--n-steps", "20", "-q"])
+    sh(CLI + ["summarize", str(peaks), "--groupby", "celltype", "--out", str(OUT / "peak_summary.tsv")])
+    sh(CLI + ["plot", str(peaks / "GENE_A.h5ad"), "--groupby", "celltype", "--kind", "heatmap",
+              "--out", str(OUT / "peaks_GENE_A.png")])
 
     print(f"\ntop variable TFs per cell type ({OUT / 'top_tfs.tsv'}):", file=sys.stderr)
     print((OUT / "top_tfs.tsv").read_text(), end="", file=sys.stderr)

@@ -119,8 +119,10 @@ def test_display_order():
     (["--out", "{d}/x.jpg"], "unknown figure format"),
     (["--out", "{d}/d.png"], "--overwrite"),
     (["--out", "{d}/y.png", "--zscore"], "only the heatmap"),
-    (["--out", "{d}/y.png", "--kind", "violin"], "unknown kind"),
-    (["--out", "{d}/y.png", "--order", "random"], "unknown order"),
+    (["--out", "{d}/y.png", "--kind", "violin"], "'violin' is not one of 'dotplot', 'heatmap'"),
+    (["--out", "{d}/y.png", "--order", "random"], "'random' is not one of 'groups', 'value', 'input'"),
+    (["--out", "{d}/y.png", "--dpi", "5"], "'--dpi': Input should be greater than or equal to 10"),
+    (["--out", "{d}/y.png", "--dpi", "5000"], "'--dpi': Input should be less than or equal to 1200"),
     (["--out", "{d}/y.png", "--top", "0"], "--top"),
     (["--out", "{d}/nodir/y.png"], "output directory does not exist"),
 ])

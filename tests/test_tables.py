@@ -16,65 +16,11 @@ from cell2net_attr.downstream import activity, groups, inputs, summary, tables_i
 from cell2net_attr.errors import UserError
 from cell2net_attr.io import reader
 
-from .conftest import COVARIATES, sha256_tree
-
-GROUPS = ["T", "B", "NK", "Mono"]  # category order deliberately unsorted
+from .conftest import COVARIATES, GROUPS, sha256_tree, write_attr, write_h5mu
 
 
 def invoke(args, **kw):
     return CliRunner().invoke(app, [str(a) for a in args], **kw)
-
-
-def write_attr(path, gene, obs, tfs, values, **attrs):
-    """An attribution file as `cell2net-attr run` writes it."""
-    with h5py.File(path, "w") as f:
-        f.create_dataset("attributions", data=np.asarray(values, dtype=np.float32))
-        f.create_dataset("obs_names", data=np.asarray(obs, dtype=object), dtype=h5py.string_dtype())
-        f.create_dataset("tf_names", data=np.asarray(tfs, dtype=object), dtype=h5py.string_dtype())
-        f.attrs["gene"] = gene
-        f.attrs["n_steps"] = 100
-        f.attrs["method"] = "gausslegendre"
-        for k, v in attrs.items():
-            f.attrs[k] = v
-    return path
-
-
-def write_h5mu(path, obs: pd.DataFrame):
-    import anndata as ad
-    import mudata as md
-
-    md.set_options(pull_on_update=False)
-    mdata = md.MuData({"rna": ad.AnnData(X=np.zeros((len(obs), 1), dtype=np.float32), obs=obs.copy())})
-    mdata.obs = obs.copy()
-    mdata.write_h5mu(str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def atlas(tmp_path_factory):
-    """40 cells with a categorical column (unsorted categories, NaN, one-cell group, one empty category),
-    a string column (with None) and a float column; three genes whose files hold cell subsets in shuffled order."""
-    d = tmp_path_factory.mktemp("atlas")
-    rng = np.random.default_rng(0)
-    n = 40
-    names = [f"c{i:03d}" for i in range(n)]
-    cat = rng.choice(["T", "B", "NK"], n).astype(object)
-    cat[5] = "Mono"  # the only Mono cell
-    cat[[7, 11]] = None  # NaN
-    strings = rng.choice(["zeta", "alpha", "mid"], n).astype(object)
-    strings[[3, 4, 5]] = None
-    obs = pd.DataFrame({"celltype": pd.Categorical(cat, categories=GROUPS + ["unused"]),
-                        "label": strings, "score": rng.normal(size=n)}, index=names)
-    data = write_h5mu(d / "data.h5mu", obs)
-    genes = {}
-    for g, (n_tfs, n_cells) in {"GB": (6, 40), "GA": (4, 25), "GC": (5, 33)}.items():
-        cells = list(rng.permutation(names)[:n_cells])
-        if "c005" not in cells:
-            cells[0] = "c005"
-        tfs = [f"TF{j}" for j in rng.choice(12, n_tfs, replace=False)]
-        values = rng.normal(size=(n_cells, n_tfs)).astype(np.float32)
-        genes[g] = (write_attr(d / f"{g}.h5", g, cells, tfs, values), cells, tfs, values)
-    return {"dir": d, "data": data, "obs": obs, "genes": genes}
 
 
 def reference(values, cells, tfs, gene, labels: pd.Series | None, groupby, n_tfs=None, order=None):
@@ -144,7 +90,7 @@ def test_summary_agrees_with_float32_numpy_as_upstream(atlas):
 
 
 def test_string_column_sorted_and_none_excluded(atlas):
-    s = summary.summarize([atlas["genes"]["GB"][0]], atlas["data"], "label", n_tfs=3)
+    s = summary.summarize([atlas["genes"]["GB"][0]], atlas["data"], "label", n_top=3)
     _, cells, tfs, values = atlas["genes"]["GB"]
     ref = reference(values, cells, tfs, "GB", atlas["obs"]["label"], "label", n_tfs=3,
                     order=["alpha", "mid", "zeta"])
@@ -155,7 +101,7 @@ def test_string_column_sorted_and_none_excluded(atlas):
 
 def test_whole_population_and_top(atlas):
     path, cells, tfs, values = atlas["genes"]["GC"]
-    s = summary.summarize([path], n_tfs=2)
+    s = summary.summarize([path], n_top=2)
     assert list(s.table.columns) == ["tf", "gene", "mean_attr", "std_attr", "n_cells", "frac_pos"]
     mean = values.astype(np.float64).mean(0)
     top = np.argsort(-mean)[:2]
@@ -168,7 +114,7 @@ def test_ties_keep_file_order(tmp_path):
     tfs = ["A", "B", "C", "D", "E"]
     values = np.array([[1, 3, 3, 0, 3], [1, 3, 3, 0, 3]], dtype=np.float32)
     path = write_attr(tmp_path / "g.h5", "G", ["x", "y"], tfs, values)
-    s = summary.summarize([path], n_tfs=3)
+    s = summary.summarize([path], n_top=3)
     assert list(s.table["tf"]) == ["B", "C", "E"]
     assert list(summary.summarize([path]).table["tf"]) == tfs  # without --top: file order
 
@@ -217,7 +163,7 @@ def test_activity_and_top_variable_tfs_match_pandas(atlas):
 def test_limit_per_gene_equals_summarize_top(atlas):
     files = [atlas["genes"][g][0] for g in ("GB", "GA")]
     full = summary.summarize(files, atlas["data"], "celltype")
-    direct = summary.summarize(files, atlas["data"], "celltype", n_tfs=2)
+    direct = summary.summarize(files, atlas["data"], "celltype", n_top=2)
     limited = summary.limit_per_gene(full, 2)
     pd.testing.assert_frame_equal(limited.table, direct.table)
 
@@ -288,9 +234,9 @@ def test_cli_activity_outputs(atlas, tmp_path):
     (["summarize", "{d}/nope.h5"], "attribution file not found"),
     (["summarize", "{d}/GA.h5", "--data", "{data}", "--groupby", "celltyp"], "did you mean 'celltype'"),
     (["summarize", "{d}/GA.h5", "--groupby", "celltype"], "--data: needed with --groupby"),
-    (["summarize", "{d}/GA.h5", "--top", "0"], "--top: must be a positive"),
-    (["summarize", "{d}/GA.h5", "--top", "-3"], "--top: must be a positive"),
-    (["summarize", "{d}/GA.h5", "--out", "{d}/x.xlsx"], "unknown table format"),
+    (["summarize", "{d}/GA.h5", "--top", "0"], "'--top': Input should be greater than or equal to 1"),
+    (["summarize", "{d}/GA.h5", "--top", "-3"], "'--top': Input should be greater than or equal to 1"),
+    (["summarize", "{d}/GA.h5", "--out", "{d}/x.xlsx"], "unknown output format '.xlsx': use .tsv, .csv"),
     (["summarize", "{d}/GA.npy"], "no cell names"),
     (["summarize", "{d}/GA.h5", "{d}/GA.h5"], "gene 'GA' is also in"),
     (["summarize", "{d}/other.h5", "--data", "{data}", "--groupby", "celltype"], "not in the data's obs"),
@@ -298,6 +244,9 @@ def test_cli_activity_outputs(atlas, tmp_path):
     (["activity", "{d}/GA.h5", "--data", "{data}", "--groupby", "celltype", "--top-out", "-"], "both be stdout"),
     (["activity", "{d}/GA.h5", "--data", "{data}", "--groupby", "celltype", "--var-cutoff", "0"], "--var-cutoff"),
     (["activity", "{d}/GA.h5", "--data", "{data}", "--groupby", "celltype", "--var-cutoff", "0.01"], "= 0 TFs"),
+    (["activity", "{d}/GA.h5", "--var-cutoff", "1.5"], "'--var-cutoff': Input should be less than or equal to 1"),
+    (["activity", "{d}/GA.h5", "--per-gene-top", "0"], "'--per-gene-top': Input should be greater than or equal"),
+    (["activity", "{d}/GA.h5", "--top-out", "{d}/t.h5ad"], "unknown table format"),
     (["activity", "{d}/GA.h5"], "at least 2 groups"),
     (["activity", "{d}/GA.h5", "{d}/s.tsv"], "not both"),
 ])

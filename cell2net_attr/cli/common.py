@@ -82,17 +82,17 @@ def set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
-def _choices(name: str, values) -> type[Enum]:
+def choices(name: str, values) -> type[Enum]:
     """A str Enum of ``values``, so that help lists them and shell completion offers them."""
     return Enum(name, {v: v for v in values}, type=str)
 
 
-IdxType = _choices("IdxType", IDX_TYPES)
-Method = _choices("Method", METHODS)
-Engine = _choices("Engine", ENGINES)
-ModuleMode = _choices("ModuleMode", MODULE_MODES)
-OutputFormat = _choices("OutputFormat", ("h5", "h5ad", "npy"))
-Target = _choices("Target", TARGETS)
+IdxType = choices("IdxType", IDX_TYPES)
+Method = choices("Method", METHODS)
+Engine = choices("Engine", ENGINES)
+ModuleMode = choices("ModuleMode", MODULE_MODES)
+OutputFormat = choices("OutputFormat", ("h5", "h5ad", "npy"))
+Target = choices("Target", TARGETS)
 
 
 def plain(value):

@@ -1,4 +1,8 @@
-"""TF activity per group (sum of mean attributions over genes) and upstream's ``get_top_tfs``."""
+"""TF activity per group (sum of mean attributions over genes) and upstream's ``get_top_tfs``.
+
+The matrices also serve peak summaries, for figures: their rows are peaks (``peak (gene)`` with several
+genes, so that a peak linked to two genes keeps two rows), each a gene's own value.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +22,20 @@ def _group_column(summary: Summary) -> tuple[pd.Series, list]:
     return col, [c for c in cats if c in present]
 
 
-def _tf_order(table: pd.DataFrame) -> list[str]:
-    return list(pd.unique(table["tf"]))
+def _row_keys(summary: Summary) -> np.ndarray:
+    """The row label of each table row: the TF, or the peak (``peak (gene)`` over several genes)."""
+    names = summary.table[summary.feature].to_numpy(dtype=object)
+    if summary.target == "peaks" and len(summary.genes) > 1:
+        genes = summary.table["gene"].to_numpy(dtype=object)
+        names = np.array([f"{p} ({g})" for p, g in zip(names, genes)], dtype=object)
+    return names
+
+
+def require_tfs(summary: Summary) -> None:
+    """TF activity sums TF attributions over genes: refuse a peak summary."""
+    if summary.target != "tfs":
+        raise UserError("TF activity needs TF attributions; these are peak attributions (plot draws them)",
+                        "INPUTS")
 
 
 def activity_matrix(summary: Summary) -> pd.DataFrame:
@@ -28,11 +44,12 @@ def activity_matrix(summary: Summary) -> pd.DataFrame:
     TFs in order of first appearance, groups in the summary's group order.
     """
     col, groups = _group_column(summary)
-    frame = pd.DataFrame({"tf": summary.table["tf"].to_numpy(), "group": np.asarray(col, dtype=object),
+    keys = _row_keys(summary)
+    frame = pd.DataFrame({"tf": keys, "group": np.asarray(col, dtype=object),
                           "v": summary.table["mean_attr"].to_numpy(dtype=np.float64)})
     sums = frame.groupby(["tf", "group"], sort=False)["v"].sum().unstack("group")
-    matrix = sums.reindex(index=_tf_order(summary.table), columns=groups).fillna(0.0)
-    matrix.index.name, matrix.columns.name = "tf", summary.groupby
+    matrix = sums.reindex(index=list(pd.unique(keys)), columns=groups).fillna(0.0)
+    matrix.index.name, matrix.columns.name = summary.feature, summary.groupby
     return matrix
 
 
@@ -44,16 +61,17 @@ def pooled_matrices(summary: Summary) -> tuple[pd.DataFrame, pd.DataFrame]:
     if lacking:
         raise UserError(f"the dotplot needs the {lacking[0]!r} column that cell2net-attr summarize writes", "TABLE")
     col, groups = _group_column(summary)
+    keys = _row_keys(summary)
     n = summary.table["n_cells"].to_numpy(dtype=np.float64)
-    frame = pd.DataFrame({"tf": summary.table["tf"].to_numpy(), "group": np.asarray(col, dtype=object), "n": n,
+    frame = pd.DataFrame({"tf": keys, "group": np.asarray(col, dtype=object), "n": n,
                           "s": summary.table["mean_attr"].to_numpy(dtype=np.float64) * n,
                           "p": summary.table["frac_pos"].to_numpy(dtype=np.float64) * n})
     sums = frame.groupby(["tf", "group"], sort=False)[["n", "s", "p"]].sum()
-    index, columns = _tf_order(summary.table), groups
+    index, columns = list(pd.unique(keys)), groups
     mean = (sums["s"] / sums["n"]).unstack("group").reindex(index=index, columns=columns)
     frac = (sums["p"] / sums["n"]).unstack("group").reindex(index=index, columns=columns)
     for m in (mean, frac):
-        m.index.name, m.columns.name = "tf", summary.groupby
+        m.index.name, m.columns.name = summary.feature, summary.groupby
     return mean, frac
 
 

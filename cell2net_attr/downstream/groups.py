@@ -66,22 +66,55 @@ def read_groups(data: str | Path | object, column: str) -> Groups:
     return groups_from_values(column, names, values, str(getattr(store, "source", data)))
 
 
-def groups_from_values(column: str, names: Iterable, values, source: str = "<data>") -> Groups:
-    """:class:`Groups` from labels (categorical, strings, numbers; NaN/None = missing) of the cells ``names``."""
+def groups_from_values(column: str, names: Iterable, values, source: str = "<data>",
+                       order: list | None = None) -> Groups:
+    """:class:`Groups` from labels (categorical, strings, numbers; NaN/None = missing) of the cells ``names``.
+
+    ``order`` (every label, in order) is shared by several files; by default it follows from ``values``.
+    """
     names = pd.Index([str(n) for n in names])
     series = values if isinstance(values, pd.Series) else pd.Series(values)
     if series.ndim != 1 or len(series) != len(names):
         raise UserError(f"obs column {column!r} has {len(series)} values for {len(names)} cells", source)
     missing = series.isna().to_numpy()
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        order = list(series.cat.categories)
-    else:
-        present = pd.unique(series[~missing].to_numpy(dtype=object))
-        try:
-            order = sorted(present)
-        except TypeError:  # mixed types: sort by their text
-            order = sorted(present, key=str)
+    order = group_order(series) if order is None else order
     codes = pd.Index(order, dtype=object).get_indexer(series.to_numpy(dtype=object)) if order else \
         np.full(len(series), -1)
     codes = np.where(missing, -1, codes).astype(np.int64)
     return Groups(column, names, codes, order)
+
+
+def group_order(series: pd.Series) -> list:
+    """A categorical column's categories, otherwise its sorted unique values (by their text when mixed)."""
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        return list(series.cat.categories)
+    present = pd.unique(series[series.notna().to_numpy()].to_numpy(dtype=object))
+    try:
+        return sorted(present)
+    except TypeError:  # mixed types: sort by their text
+        return sorted(present, key=str)
+
+
+def groups_from_attribution_files(files: Iterable[Path], column: str) -> dict[Path, Groups]:
+    """The groups of obs column ``column`` that AnnData attribution files carry, one :class:`Groups` per file,
+    all in one order (the shared categories, otherwise the sorted labels of all files)."""
+    from ..io.reader import read_obs_column, read_obs_columns
+
+    columns = {}
+    for path in files:
+        if Path(path).suffix.lower() != ".h5ad":
+            raise UserError("needed with --groupby when an attribution file is HDF5 (it carries no obs): "
+                            "the .h5mu whose obs holds the column", param="data")
+        present = read_obs_columns(path)
+        if column not in present:
+            close = difflib.get_close_matches(column, present, n=3)
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            raise UserError(f"its obs has no column {column!r}{hint}; give the .h5mu that has it with --data", path)
+        columns[Path(path)] = read_obs_column(path, column)
+    series = list(columns.values())
+    kinds = [s.cat.categories for s in series if isinstance(s.dtype, pd.CategoricalDtype)]
+    if len(kinds) == len(series) and all(k.equals(kinds[0]) for k in kinds):
+        order = list(kinds[0])
+    else:
+        order = group_order(pd.Series(np.concatenate([s.to_numpy(dtype=object) for s in series])))
+    return {p: groups_from_values(column, s.index, s, str(p), order) for p, s in columns.items()}

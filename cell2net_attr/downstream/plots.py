@@ -1,4 +1,4 @@
-"""Figures of TF attributions per group: a dotplot and a heatmap, drawn with matplotlib (imported lazily).
+"""Figures of TF (or peak) attributions per group: a dotplot and a heatmap, drawn with matplotlib (imported lazily).
 
 Figures are built on matplotlib's object API with the Agg canvas, so drawing never touches pyplot's global
 state or the backend of a notebook. The layout is set in inches from the number of TFs and groups: every
@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..io.writers import atomic_output, check_output_path
+from .choices import ORDERS
 
 FORMATS = (".png", ".pdf", ".svg")
 ROW_IN = 0.15  # inches per TF row
@@ -35,7 +36,6 @@ def genes_title(genes: list[str], listed: int = 4) -> str:
     return f"{len(genes)} genes ({', '.join(genes[:listed])}, ...)"
 
 
-ORDERS = ("groups", "value", "input")
 
 
 def display_order(matrix: pd.DataFrame, how: str = "groups") -> list:
@@ -110,7 +110,14 @@ def _norm(values: np.ndarray):
     return Normalize(-vmax, vmax)  # symmetric: white is 0
 
 
-def _axes_labels(ax, rows: list, cols: list, rotate: bool, xlabel: str | None, top_labels: bool) -> None:
+def _row_label(matrix: pd.DataFrame) -> str:
+    """The rows' axis label: ``TF``, or the matrix's index name (``peak``)."""
+    name = matrix.index.name
+    return "TF" if name in (None, "tf") else str(name)
+
+
+def _axes_labels(ax, rows: list, cols: list, rotate: bool, xlabel: str | None, top_labels: bool,
+                 ylabel: str = "TF") -> None:
     ax.set_yticks(np.arange(len(rows)), [str(r) for r in rows], fontsize=TF_FONT)
     ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], fontsize=GROUP_FONT,
                   rotation=90 if rotate else 0)
@@ -121,7 +128,7 @@ def _axes_labels(ax, rows: list, cols: list, rotate: bool, xlabel: str | None, t
         ax.tick_params(axis="x", top=True, labeltop=True)
     if xlabel:
         ax.set_xlabel(xlabel, fontsize=GROUP_FONT + 1)
-    ax.set_ylabel("TF", fontsize=GROUP_FONT + 1)
+    ax.set_ylabel(ylabel, fontsize=GROUP_FONT + 1)
 
 
 def _colorbar(fig, mappable, side_x: float, top_in: float, height: float, label: str) -> None:
@@ -134,7 +141,7 @@ def _colorbar(fig, mappable, side_x: float, top_in: float, height: float, label:
 
 def dotplot(mean: pd.DataFrame, frac: pd.DataFrame, title: str, color_label: str = "mean attribution",
             xlabel: str | None = None):
-    """Dots per TF (rows) and group (columns): colour = ``mean``, area = ``frac`` (fraction of cells with a
+    """Dots per TF or peak (rows) and group (columns): colour = ``mean``, area = ``frac`` (fraction of cells with a
     positive attribution; a fraction of 0 keeps a small dot so that its colour shows). NaN = no dot.
 
     Returns a matplotlib ``Figure``.
@@ -153,7 +160,7 @@ def dotplot(mean: pd.DataFrame, frac: pd.DataFrame, title: str, color_label: str
                         edgecolors="0.35", linewidths=0.3, zorder=3)
     ax.grid(True, color="0.92", linewidth=0.5, zorder=0)
     ax.set_axisbelow(True)
-    _axes_labels(ax, rows, cols, rotate, xlabel, top_labels)
+    _axes_labels(ax, rows, cols, rotate, xlabel, top_labels, _row_label(mean))
     fig.suptitle(title, fontsize=GROUP_FONT + 3, x=0.15 / w, y=1 - 0.2 / h, ha="left", va="top")
     _colorbar(fig, points, side_x, top, h, color_label)
 
@@ -173,13 +180,13 @@ def dotplot(mean: pd.DataFrame, frac: pd.DataFrame, title: str, color_label: str
 
 
 def heatmap(matrix: pd.DataFrame, title: str, color_label: str = "TF activity", xlabel: str | None = None):
-    """TF (rows) x group (columns) heatmap with a colour scale symmetric around 0. Returns a ``Figure``."""
+    """TF or peak (rows) x group (columns) heatmap with a colour scale symmetric around 0. Returns a ``Figure``."""
     fig, ax, (w, h), side_x, rotate, top, top_labels, title = _start(matrix, 1.8, title)
     rows, cols, values = list(matrix.index), list(matrix.columns), matrix.to_numpy(dtype=np.float64)
     mesh = ax.pcolormesh(np.arange(len(cols) + 1) - 0.5, np.arange(len(rows) + 1) - 0.5,
                          np.ma.masked_invalid(values), cmap=CMAP, norm=_norm(values), shading="flat",
                          edgecolors="face", linewidth=0, antialiased=False)
-    _axes_labels(ax, rows, cols, rotate, xlabel, top_labels)
+    _axes_labels(ax, rows, cols, rotate, xlabel, top_labels, _row_label(matrix))
     for spine in ax.spines.values():
         spine.set_linewidth(0.5)
     fig.suptitle(title, fontsize=GROUP_FONT + 3, x=0.15 / w, y=1 - 0.2 / h, ha="left", va="top")

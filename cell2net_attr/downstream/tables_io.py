@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
+from ..io.schema import FEATURE_LABEL
 from ..io.writers import atomic_output, check_output_path
-from .summary import SUMMARY_COLUMNS, Summary
+from .summary import KNOWN_COLUMNS, STAT_COLUMNS, Summary
 
 #: Table suffixes (optionally followed by ``.gz``) and their separators.
 TABLE_SEPARATORS = {".tsv": "\t", ".txt": "\t", ".csv": ","}
@@ -25,24 +26,28 @@ def read_summary(paths: Iterable[str | Path]) -> Summary:
     """Summary tables written by ``summarize`` (TSV/CSV, possibly gzipped; ``-`` = TSV on stdin), concatenated.
 
     The group column is the one column besides the known ones; a table without one is a whole-population
-    table. Groups keep the order in which they first appear.
+    table. A ``tf`` column makes a TF table, a ``peak`` column a peak table. Groups keep the order in which
+    they first appear.
     """
-    tables, groupby, source = [], None, None
+    tables, groupby, target, source = [], None, None, None
     for path in paths:
-        this, table = _read_one_summary(path)
+        this, kind, table = _read_one_summary(path)
         if tables and this != groupby:
             raise UserError(f"grouped by {this!r} but {source} by {groupby!r}", path)
-        groupby, source = this, path
+        if tables and kind != target:
+            raise UserError(f"a {FEATURE_LABEL[kind]} table but {source} is a {FEATURE_LABEL[target]} table: "
+                            f"give them separately", path)
+        groupby, target, source = this, kind, path
         tables.append(table)
     if not tables:
         raise UserError("no summary tables given", "TABLE")
     table = pd.concat(tables, ignore_index=True)
     if groupby is not None:
         table[groupby] = pd.Categorical(table[groupby], categories=list(pd.unique(table[groupby])))
-    return Summary(table, groupby, list(pd.unique(table["gene"])))
+    return Summary(table, groupby, list(pd.unique(table["gene"])), target=target)
 
 
-def _read_one_summary(path: str | Path) -> tuple[str | None, pd.DataFrame]:
+def _read_one_summary(path: str | Path) -> tuple[str | None, str, pd.DataFrame]:
     if str(path) == "-":
         source, sep = io.StringIO(sys.stdin.read()), "\t"
     else:
@@ -53,23 +58,25 @@ def _read_one_summary(path: str | Path) -> tuple[str | None, pd.DataFrame]:
     try:
         head = pd.read_csv(source, sep=sep, nrows=0)
         cols = [str(c) for c in head.columns]
-        lacking = [c for c in ("tf", "gene", "mean_attr") if c not in cols]
+        target = "peaks" if "peak" in cols and "tf" not in cols else "tfs"
+        feature = "peak" if target == "peaks" else "tf"
+        lacking = [c for c in (feature, "gene", "mean_attr") if c not in cols]
         if lacking:
             raise UserError(f"not a summary table: no {lacking[0]!r} column", path)
-        extra = [c for c in cols if c not in SUMMARY_COLUMNS]
+        extra = [c for c in cols if c not in KNOWN_COLUMNS]
         if len(extra) > 1:
             raise UserError(f"cannot tell the group column among {extra}", path)
         if isinstance(source, io.StringIO):
             source.seek(0)
-        text = {c: str for c in ("tf", "gene", *extra)}
-        numbers = {c: ["", "nan", "NaN"] for c in SUMMARY_COLUMNS[2:]}
+        text = {c: str for c in (feature, "gene", *extra)}
+        numbers = {c: ["", "nan", "NaN"] for c in STAT_COLUMNS["peaks"]}
         table = pd.read_csv(source, sep=sep, dtype=text, keep_default_na=False, na_values=numbers)
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:  # pandas' parser errors are ValueErrors
         raise UserError(f"cannot read table ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
-    for c in (c for c in SUMMARY_COLUMNS[2:] if c in table.columns):
+    for c in (c for c in STAT_COLUMNS["peaks"] if c in table.columns):
         if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any():
             raise UserError(f"column {c!r} holds a value that is not a number", path)
-    return (extra[0] if extra else None), table
+    return (extra[0] if extra else None), target, table
 
 
 def is_table(path: str | Path) -> bool:
@@ -94,12 +101,46 @@ def table_separator(path: str | Path) -> str:
     return TABLE_SEPARATORS[suffixes[-1]]
 
 
-def check_table_output(out: str | Path, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
-    """Validate a table output path (``-`` = stdout) before any work."""
+def is_h5ad(out: str | Path) -> bool:
+    """Whether an output path names an AnnData file."""
+    return str(out) != "-" and Path(str(out)).suffix.lower() == ".h5ad"
+
+
+def check_table_output(out: str | Path, overwrite: bool, inputs: Iterable[Path] = (), h5ad: bool = False) -> None:
+    """Validate a table output path (``-`` = stdout; ``.h5ad`` too when ``h5ad``) before any work."""
     if str(out) == "-":
         return
-    table_separator(out)
+    if not (h5ad and is_h5ad(out)):
+        try:
+            table_separator(out)
+        except UserError:
+            if not h5ad:
+                raise
+            raise UserError(f"unknown output format {Path(str(out)).suffix!r}: use .tsv, .csv (optionally .gz), "
+                            f".h5ad or - for stdout", out) from None
     check_output_path(Path(out), overwrite, inputs)
+
+
+def write_summary(summary: Summary, out: str | Path) -> None:
+    """A summary as a table (TSV/CSV or stdout) or, for ``.h5ad``, as AnnData."""
+    if is_h5ad(out):
+        from . import adata
+
+        adata.write_h5ad(adata.summary_anndata(summary), out)
+    else:
+        write_table(summary.table, out)
+
+
+def write_activity(matrix: pd.DataFrame, top: pd.DataFrame, out: str | Path, var_cutoff: float) -> None:
+    """The TF x group activity as a table (TSV/CSV or stdout) or, for ``.h5ad``, as AnnData with the
+    z-scores and the top TFs."""
+    if is_h5ad(out):
+        from . import adata
+        from .activity import zscore_rows
+
+        adata.write_h5ad(adata.activity_anndata(matrix, zscore_rows(matrix), top, var_cutoff), out)
+    else:
+        write_table(matrix, out, index=True)
 
 
 def write_table(table: pd.DataFrame, out: str | Path, index: bool = False) -> None:

@@ -11,19 +11,20 @@ import pandas as pd
 
 from .._compat import read_elem
 from ..errors import UserError
-from .schema import ATTRIBUTIONS, FEATURE_NAMES, OBS_NAMES
+from .schema import ATTRIBUTIONS, FEATURE_LABEL, FEATURE_NAMES, OBS_NAMES
 
 
 @dataclass
 class Attributions:
-    """One attribution file: cells x TFs float32 with the names of both axes."""
+    """One attribution file: cells x features (TFs or peaks, by ``target``) float32 with the names of both axes."""
 
     path: Path
     gene: str
     obs_names: pd.Index
-    tf_names: list[str]
+    features: list[str]
     values: np.ndarray
     shard: tuple[int, int] | None = None  # (index, count) when the file is one shard of a run
+    target: str = "tfs"
 
 
 def _strings(values: np.ndarray) -> list[str]:
@@ -45,14 +46,18 @@ def read_attributions(path: str | Path) -> Attributions:
         raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
     gene = meta.get("gene", path.stem)
     gene = gene.decode() if isinstance(gene, bytes) else str(gene)
+    target = meta.get("target", "tfs")
+    target = target.decode() if isinstance(target, bytes) else str(target)
+    if target not in FEATURE_NAMES:
+        raise UserError(f"unknown attribution target {target!r}", path)
     count = int(meta.get("shard_count", 1))
     shard = (int(meta.get("shard_index", 0)), count) if count > 1 else None
     if values.ndim != 2 or values.shape != (len(obs), len(tfs)):
         raise UserError(f"attributions have shape {list(values.shape)} but the file names {len(obs)} cells and "
-                        f"{len(tfs)} TFs", path)
+                        f"{len(tfs)} {FEATURE_LABEL[target]}s", path)
     if not obs:
         raise UserError("the file holds zero cells", path)
-    for what, names in (("cell", obs), ("TF", tfs)):
+    for what, names in (("cell", obs), (FEATURE_LABEL[target], tfs)):
         seen = pd.Index(names)
         if not seen.is_unique:
             raise UserError(f"{what} {seen[seen.duplicated()][0]!r} appears more than once", path)
@@ -60,7 +65,7 @@ def read_attributions(path: str | Path) -> Attributions:
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise UserError(f"attribution of cell {obs[r]!r} for {tfs[c]!r} is {values[r, c]}", path)
-    return Attributions(path, gene, pd.Index(obs), tfs, values, shard)
+    return Attributions(path, gene, pd.Index(obs), tfs, values, shard, target)
 
 
 def _read_h5(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
@@ -84,3 +89,29 @@ def _read_h5ad(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[st
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read the AnnData file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
     return np.asarray(x, dtype=np.float32), names[0], names[1], dict(meta) if isinstance(meta, dict) else {}
+
+
+def read_obs_columns(path: str | Path) -> list[str]:
+    """The ``obs`` columns an AnnData attribution file carries (none for HDF5 outputs)."""
+    path = Path(path)
+    if path.suffix.lower() != ".h5ad":
+        return []
+    try:
+        with h5py.File(path, "r") as f:
+            return [str(c) for c in f["obs"].attrs.get("column-order", [])] if "obs" in f else []
+    except OSError as exc:
+        raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
+
+
+def read_obs_column(path: str | Path, column: str) -> pd.Series:
+    """One ``obs`` column of an AnnData attribution file, indexed by cell name (categories kept)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            obs = f["obs"]
+            names = _strings(np.asarray(read_elem(obs[obs.attrs["_index"]])))
+            values = read_elem(obs[column])
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot read obs column {column!r} ({(str(exc).splitlines() or [''])[0][:120]})",
+                        path) from exc
+    return pd.Series(values, index=pd.Index(names))

@@ -29,7 +29,9 @@ ATTRIBUTIONS = "attributions"
 OBS_NAMES = "obs_names"
 DELTA = "convergence_delta"
 FEATURE_NAMES = {"tfs": "tf_names", "peaks": "peak_names"}
-#: The name of an AnnData output's ``var`` index, by target.
+#: What one feature of a target is called in messages and figures.
+FEATURE_LABEL = {"tfs": "TF", "peaks": "peak"}
+#: The name of an AnnData output's ``var`` index, by target (also the feature column of summary tables).
 VAR_INDEX_NAME = {"tfs": "tf", "peaks": "peak"}
 UNS_KEY = "cell2net_attr"
 

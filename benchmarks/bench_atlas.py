@@ -6,7 +6,10 @@ The atlas is what users run on: many background genes and peaks that no model re
 
 * cell-genes per second and peak RSS of the real command line (its own process, `os.wait4`);
 * the share of that time spent reading (one read-only pass over the same rows and columns);
-* per-gene fixed costs (checkpoint, sequence encoder, data checks) against a gene's compute time;
+* per-gene fixed costs against a gene's compute time: measured on the real command as the extra time
+  `run-many` takes per extra gene when every gene computes only 16 cells (median of 3 runs each of one
+  gene and of all genes; it includes checkpoint, data checks, sequence encoder, engine, output file and
+  lock), and in-process for checkpoint, data checks and engine alone;
 * with `--baseline DIR` (an older checkout), the same command run from there and the speed-up.
 
     python benchmarks/bench_atlas.py [--cells 20000] [--genes 24] [--device cpu] [--baseline /tmp/base]
@@ -55,12 +58,12 @@ def build(root: Path, n_cells: int, n_genes: int) -> tuple[Path, Path]:
     return data, models
 
 
-def run_many(code: Path, data: Path, models: Path, out: Path, device: str) -> tuple[float, float]:
+def run_many(code: Path, data: Path, models: Path, out: Path, device: str, *extra: str) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of `run-many` run from the checkout ``code``."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(code)}
     cmd = [sys.executable, "-m", "cell2net_attr", "run-many", str(models), str(data), "--out-dir", str(out),
-           "--covariates", "cov0,cov1", "--device", device, "--quiet"]
+           "--covariates", "cov0,cov1", "--device", device, "--quiet", *extra]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=code)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -87,6 +90,16 @@ def reading_seconds(data: Path, models: Path) -> float:
     seconds = time.perf_counter() - t0
     store.close()
     return seconds
+
+
+def fixed_costs_cli(code: Path, data: Path, models: Path, out: Path, device: str, repeats: int = 3) -> float:
+    """Seconds `run-many` takes per extra gene when each gene computes only 16 cells (medians of ``repeats``)."""
+    cks = sorted(models.glob("*.pt"))
+    one, every = [], []
+    for _ in range(repeats):
+        one.append(run_many(code, data, cks[0], out, device, "--idx", "0:16")[0])
+        every.append(run_many(code, data, models, out, device, "--idx", "0:16")[0])
+    return (float(np.median(every)) - float(np.median(one))) / (len(cks) - 1)
 
 
 def fixed_costs(data: Path, models: Path, device: str) -> float:
@@ -144,12 +157,14 @@ def main() -> None:
     seconds = rows[-1][1]
     reading = reading_seconds(data, models)
     fixed = fixed_costs(data, models, args.device)
+    fixed_cli = fixed_costs_cli(here, data, models, args.dir / "out-fixed", args.device)
     per_gene = seconds / args.genes
     print(f"\nreading (one pass over every gene's rows and columns): {reading:.2f}s = "
           f"{100 * reading / seconds:.1f}% of the run")
-    print(f"per-gene fixed cost (checkpoint, data checks, engine): {1000 * fixed:.0f} ms = "
-          f"{100 * fixed / per_gene:.1f}% of a gene's time at {args.cells} cells "
-          f"({100 * fixed / (per_gene * 10_000 / args.cells):.1f}% at 10,000 cells)")
+    for what, cost in (("in run-many (all of a gene's own work on 16 cells)", fixed_cli),
+                       ("in-process (checkpoint, data checks, engine; first pass)", fixed)):
+        print(f"per-gene fixed cost {what}: {1000 * cost:.0f} ms = {100 * cost / per_gene:.1f}% of a gene's "
+              f"time at {args.cells} cells ({100 * cost / (per_gene * 10_000 / args.cells):.1f}% at 10,000 cells)")
     if args.baseline:
         print(f"speed-up over the baseline: {rows[0][1] / seconds:.2f}x")
 

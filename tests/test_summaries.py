@@ -17,7 +17,7 @@ from scipy.stats import norm
 
 from cell2net_attr.downstream import activity, summary, tables_io
 
-from .conftest import COVARIATES, write_h5mu
+from .conftest import COVARIATES, write_attr, write_h5mu
 from .test_tables import invoke
 
 PEAK_GROUPS = ["b", "a", "c"]  # category order deliberately unsorted
@@ -283,3 +283,49 @@ def test_downstream_help_shows_choices_ranges_and_defaults(command, shown, colum
     for item in shown:
         assert item in text, (command, item)
     assert "<bool>" not in text and not re.search(r"\s\.(\s|$)", text)  # no help text eaten as markup
+
+
+# --- the notebook functions: tf_to_gene / peak_to_gene on arrays ----------------------------------------------
+
+
+@pytest.mark.parametrize("gene", ["GENE0", "TF0"])
+def test_peak_to_gene_api_on_upstream_reference(upstream, gene):
+    """upstream peak_attr's output (all cells) summarized with the per-gene .h5mu, against the formulas."""
+    import mudata as md
+
+    import cell2net_attr
+
+    md.set_options(pull_on_update=False)
+    mdata = md.read_h5mu(upstream / "models" / f"{gene}.h5mu")
+    attr = np.load(upstream / "ref" / "peaks" / f"{gene}.peaks.all.s50.mbi.npy")
+    got = cell2net_attr.peak_to_gene(mdata, attr, "celltype")
+    peaks = [str(p) for p in mdata.uns["peak_to_gene"]["peak"]]
+    labels = mdata.obs["celltype"].astype(object).to_numpy()
+    rows = []
+    for g in sorted(set(labels)):
+        x = attr[labels == g].astype(np.float64)
+        mean = x.mean(0)
+        z = (mean - mean.mean()) / mean.std()
+        rows.append(pd.DataFrame({"peak": peaks, "gene": gene, "celltype": g, "mean_attr": mean, "std_attr": x.std(0),
+                                  "z_score": z, "p_value": 2 * (1 - norm.cdf(np.abs(z)))}))
+    ref = pd.concat(rows, ignore_index=True)
+    assert list(got["peak"]) == list(ref["peak"]) and list(got["celltype"].astype(str)) == list(ref["celltype"])
+    for c in ("mean_attr", "std_attr", "z_score", "p_value"):
+        np.testing.assert_allclose(got[c], ref[c], rtol=1e-5, atol=1e-9, err_msg=c)
+    whole = cell2net_attr.peak_to_gene(mdata, attr)
+    assert len(whole) == len(peaks) and "celltype" not in whole.columns
+
+
+def test_tf_to_gene_api_equals_summarize(upstream, tmp_path):
+    import cell2net_attr
+
+    model = cell2net_attr.load_model(upstream / "models" / "GENE0.pt", upstream / "models" / "GENE0.h5mu",
+                                     covariates=COVARIATES)
+    attr = cell2net_attr.tf_attr(model, n_steps=20, method="exact")
+    got = cell2net_attr.tf_to_gene(model, attr, "celltype", n_tfs=3)
+    names = [str(n) for n in model.mdata.obs_names]
+    path = write_attr(tmp_path / "GENE0.h5", "GENE0", names, model.tfs, attr)
+    want = summary.summarize([path], upstream / "models" / "GENE0.h5mu", "celltype", 3).table
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6)
+    with pytest.raises(Exception, match="expected 64 cells x"):
+        cell2net_attr.tf_to_gene(model, attr[:, :2])

@@ -91,3 +91,71 @@ def test_fast_peaks_equals_captum_on_random_models(seed, method, mbi):
     assert fast.shape == (5, spec.n_peaks)
     assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-7
     assert (d_fast - d_ref).abs().max() <= 1e-4 * (ref.abs().max() + 1)
+
+
+def _peaks(demo_atlas, out, *extra, engine="fast", read=True):
+    data, cks = demo_atlas
+    r = CliRunner().invoke(app, ["run", str(cks[0]), str(data), "--target", "peaks", "--covariates", COVARIATES,
+                                 "--engine", engine, "--n-steps", "16", "--delta", "-q", "-o", str(out), *extra])
+    assert r.exit_code == 0, r.output
+    if not read:
+        return None
+    with h5py.File(out) as f:
+        return f["attributions"][:], [s.decode() for s in f["obs_names"][:]], f["convergence_delta"][:]
+
+
+def test_peaks_through_where_shards_merge_and_run_many(demo_atlas, tmp_path):
+    """Every other option works for peaks: --where equals the same cells by --idx, shards merged equal the
+    whole run, and run-many --target peaks equals run."""
+    import mudata as md
+
+    data, cks = demo_atlas
+    whole, cells, delta = _peaks(demo_atlas, tmp_path / "whole.h5")
+    obs = md.read_h5mu(data).obs
+    picked = [str(c) for c in obs.index[(obs["celltype"] == "NK") & (obs["cov0"] > 0)]]
+    where, where_cells, _ = _peaks(demo_atlas, tmp_path / "w.h5", "--where", "celltype == 'NK' and cov0 > 0")
+    idx, _, _ = _peaks(demo_atlas, tmp_path / "i.h5", "--idx", ",".join(picked))
+    assert where_cells == picked and np.array_equal(where, idx)
+    np.testing.assert_allclose(where, whole[[cells.index(c) for c in picked]], rtol=1e-6, atol=1e-7)
+    (tmp_path / "shards").mkdir()
+    for k in range(3):
+        _peaks(demo_atlas, tmp_path / "shards" / "GA.h5", "--shard", f"{k}/3", read=False)
+    shards = sorted(str(p) for p in (tmp_path / "shards").glob("GA-*.h5"))
+    assert len(shards) == 3
+    r = CliRunner().invoke(app, ["merge", *shards, "--out", str(tmp_path / "merged.h5"), "-q"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "merged.h5") as f:
+        assert f.attrs["target"] == "peaks" and np.array_equal(f["attributions"][:], whole)
+        assert np.array_equal(f["convergence_delta"][:], delta)
+    r = CliRunner().invoke(app, ["run-many", str(cks[0]), str(data), "--target", "peaks", "--covariates",
+                                 COVARIATES, "--n-steps", "16", "--delta", "--out-dir", str(tmp_path / "many"), "-q"])
+    assert r.exit_code == 0, r.output
+    with h5py.File(tmp_path / "many" / f"{cks[0].stem}.h5") as f:
+        np.testing.assert_allclose(f["attributions"][:], whole, rtol=1e-6, atol=1e-7)
+
+
+def test_peaks_resume_after_kill_equals_uninterrupted(demo_atlas, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
+    data, cks = demo_atlas
+    ref, _, ref_delta = _peaks(demo_atlas, tmp_path / "ref.h5", "--batch-size", "1", engine="captum")
+    out, partial = tmp_path / "p.h5", tmp_path / ".p.h5.partial"
+    cmd = [sys.executable, "-m", "cell2net_attr", "run", str(cks[0]), str(data), "--target", "peaks", "--covariates",
+           COVARIATES, "--engine", "captum", "--batch-size", "1", "--n-steps", "16", "--delta", "-q", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None and len(list(partial.glob("chunk-*.npz"))) < 1:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=90)
+    assert not out.exists() and list(partial.glob("chunk-*.npz"))
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out) as f:
+        assert np.abs(f["attributions"][:] - ref).max() <= 1e-6 * np.abs(ref).max()
+        assert np.abs(f["convergence_delta"][:] - ref_delta).max() <= 1e-6

@@ -47,6 +47,12 @@ class UserError(Exception):
         return f"{flag}: {self.message}"
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when the message is empty), for a one-line error."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
 class Terminated(BaseException):
     """SIGTERM (scancel, preemption, a time limit): unwinds like Ctrl-C so that work in progress
     is saved for ``--resume`` and nothing partial reaches the final path."""

@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from ..errors import EXIT_INTERNAL, EXIT_USER
+from ..io.schema import FEATURE_LABEL
 from .common import (
     RUN_OPTIONS,
     OutputFormat,
@@ -44,8 +45,8 @@ def run(
         result = run_one(checkpoint, data, run_options(opts, out=out, gene=gene), shard=resolve_shard(opts["shard"]))
         if not opts["quiet"]:
             secs = time.monotonic() - t0
-            what = "peaks" if plain(opts["target"]) == "peaks" else "TFs"
-            err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} {what} in {secs:.2f}s "
+            what = FEATURE_LABEL[plain(opts["target"])]
+            err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} {what}s in {secs:.2f}s "
                  f"({result.n_cells / max(secs, 1e-9):.1f} cells/s, {result.engine} engine on {result.device}) "
                  f"-> {result.path}")
 

@@ -184,11 +184,10 @@ def plot(
 ) -> None:
     """A dotplot or heatmap of TF (or peak) attributions per group (see ``PLOT_HELP``)."""
     from ..downstream import plots
-    from ..downstream.figure import attribution_figure
+    from ..downstream.figure import attribution_figure, check_options
 
     with reported():
-        if zscore and plain(kind) != "heatmap":
-            raise UserError("only the heatmap can be z-scored", "--zscore")
+        check_options(plain(kind), zscore)
         plots.check_figure_output(out, overwrite)
         summary, _ = _load(inputs, data, groupby, None)
         drawn = attribution_figure(summary, plain(kind), top, var_cutoff, zscore, plain(order), title)

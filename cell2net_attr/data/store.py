@@ -17,7 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._compat import anndata_read_errors, read_elem, sparse_dataset
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 #: What reading a damaged or foreign file raises (reported as a bad file, not as a bug).
 _READ_ERRORS = (KeyError, OSError, RuntimeError, ValueError, TypeError, IndexError, NotImplementedError,
@@ -92,7 +92,7 @@ class H5Store(_Memo):
         try:
             self._file = h5py.File(self.path, "r", locking=locking)
         except OSError as exc:
-            raise UserError(f"not a readable HDF5 file ({_first_line(exc)})", path) from exc
+            raise UserError(f"not a readable HDF5 file ({first_line(exc)})", path) from exc
         encoding = self._file.attrs.get("encoding-type", "")
         if "mod" not in self._file or (encoding and str(encoding).lower() != "mudata"):
             raise UserError("HDF5 file is not MuData (.h5mu): no 'mod' group", path)
@@ -217,7 +217,7 @@ class H5Store(_Memo):
         except UserError:
             raise
         except _READ_ERRORS as exc:
-            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from exc
+            raise UserError(f"cannot read '{key}' ({first_line(exc)})", self.source) from exc
 
 
 def _check_sparse(block) -> None:
@@ -341,12 +341,7 @@ class MemoryStore(_Memo):
         try:
             return fn()
         except (KeyError, AttributeError, IndexError, TypeError, ValueError) as exc:
-            raise UserError(f"cannot read '{key}' ({_first_line(exc)})", self.source) from exc
+            raise UserError(f"cannot read '{key}' ({first_line(exc)})", self.source) from exc
 
 
 Store = H5Store | MemoryStore
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

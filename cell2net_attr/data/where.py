@@ -54,14 +54,14 @@ def _parse(expr: str) -> ast.Expression:
         tree = ast.parse(_pandas_precedence(expr.strip()), mode="eval")
     except SyntaxError as exc:
         raise UserError(f"cannot parse {expr!r} ({exc.msg})", param="where") from exc
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.Invert,
-                                 ast.USub, ast.Compare, ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple,
-                                 ast.BinOp, ast.BitAnd, ast.BitOr, ast.In, ast.NotIn, *_COMPARE)):
+    for node in ast.walk(tree):  # & | ~ are and/or/not by now (_pandas_precedence): any BinOp is arithmetic
+        if isinstance(node, ast.BinOp):
+            raise UserError(f"arithmetic is not allowed in {expr!r}", param="where")
+        if not isinstance(node, (ast.Expression, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub,
+                                 ast.Compare, ast.Name, ast.Load, ast.Constant, ast.List, ast.Tuple, ast.In,
+                                 ast.NotIn, *_COMPARE)):
             raise UserError(f"{type(node).__name__.lower()} is not allowed in {expr!r}: only columns, literals, "
                             f"comparisons, and/or/not", param="where")
-        if isinstance(node, ast.BinOp) and not isinstance(node.op, (ast.BitAnd, ast.BitOr)):
-            raise UserError(f"arithmetic is not allowed in {expr!r}", param="where")
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and not isinstance(node.operand,
                                                                                                ast.Constant):
             raise UserError(f"'-' applies only to numbers in {expr!r}", param="where")
@@ -99,9 +99,6 @@ def _eval(node: ast.AST, obs: pd.DataFrame):
         for p in parts[1:]:
             out = combine(out, p)
         return out
-    if isinstance(node, ast.BinOp):
-        combine = operator.and_ if isinstance(node.op, ast.BitAnd) else operator.or_
-        return combine(_as_bool(_eval(node.left, obs)), _as_bool(_eval(node.right, obs)))
     if isinstance(node, ast.Compare):
         left, out = _eval(node.left, obs), None
         for op, right_node in zip(node.ops, node.comparators):

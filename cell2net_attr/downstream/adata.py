@@ -39,10 +39,11 @@ def _groups(summary: Summary) -> tuple[np.ndarray, list]:
     return position[col.cat.codes.to_numpy()], [col.cat.categories[i] for i in present]
 
 
-def _obs(summary: Summary, labels: list) -> pd.DataFrame:
+def _obs(labels: list, column: str | None) -> pd.DataFrame:
+    """One obs row per group, named by its label, with the group column (categorical, in this order)."""
     obs = pd.DataFrame(index=pd.Index([str(g) for g in labels]))
-    if summary.groupby is not None:
-        obs[summary.groupby] = pd.Categorical(labels, categories=labels)
+    if column is not None:
+        obs[column] = pd.Categorical(labels, categories=labels)
     return obs
 
 
@@ -58,7 +59,7 @@ def summary_anndata(summary: Summary):
     for name in (c for c in STAT_COLUMNS[summary.target] if c != "n_cells" and c in table.columns):
         layers[name] = np.full(shape, np.nan, dtype=np.float32)
         layers[name][rows, cols] = table[name].to_numpy(dtype=np.float32)
-    obs = _obs(summary, labels)
+    obs = _obs(labels, summary.groupby)
     if "n_cells" in table.columns:
         n = table["n_cells"].to_numpy(dtype=np.int64)
         largest = np.zeros(len(labels), dtype=np.int64)
@@ -79,11 +80,8 @@ def activity_anndata(matrix: pd.DataFrame, zscore: pd.DataFrame, top: pd.DataFra
     """The TF x group activity, its z-scores and the top variable TFs as an AnnData of groups x TFs."""
     import anndata
 
-    labels = list(matrix.columns)
-    obs = pd.DataFrame(index=pd.Index([str(g) for g in labels]))
-    if matrix.columns.name is not None:
-        obs[matrix.columns.name] = pd.Categorical(labels, categories=labels)
-    var = pd.DataFrame(index=pd.Index([str(t) for t in matrix.index], name=None))
+    obs = _obs(list(matrix.columns), matrix.columns.name)
+    var = pd.DataFrame(index=pd.Index([str(t) for t in matrix.index]))
     adata = anndata.AnnData(X=matrix.to_numpy(dtype=np.float32).T.copy(), obs=obs, var=var,
                             layers={"zscore": zscore.to_numpy(dtype=np.float32).T.copy()})
     adata.uns["top_tfs"] = {str(g): np.asarray(top[g], dtype=str) for g in top.columns}

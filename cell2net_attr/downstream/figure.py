@@ -33,6 +33,14 @@ def top_rows(matrix: pd.DataFrame, top: int, var_cutoff: float) -> list:
     return list(dict.fromkeys(row for group in best.columns for row in best[group]))
 
 
+def check_options(kind: str, zscore: bool) -> None:
+    """A known ``kind``, and ``zscore`` only for the heatmap (checked before any file is read)."""
+    if kind not in KINDS:
+        raise UserError(f"unknown kind {kind!r}, choose dotplot or heatmap", param="kind")
+    if zscore and kind != "heatmap":
+        raise UserError("only the heatmap can be z-scored", param="zscore")
+
+
 def attribution_figure(summary: Summary, kind: str = "dotplot", top: int | None = None, var_cutoff: float = 0.5,
                        zscore: bool = False, order: str | None = None, title: str | None = None) -> Drawn:
     """A dotplot (colour = mean attribution, size = fraction of cells > 0) or heatmap of a summary.
@@ -40,10 +48,7 @@ def attribution_figure(summary: Summary, kind: str = "dotplot", top: int | None 
     Rows are TFs (or peaks); ``top`` keeps each group's most variable ones (as ``activity``); ``order`` is
     one of :data:`plots.ORDERS` (default: groups, or the top lists as they are with ``top``).
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown kind {kind!r}, choose dotplot or heatmap", param="kind")
-    if zscore and kind != "heatmap":
-        raise UserError("only the heatmap can be z-scored", param="zscore")
+    check_options(kind, zscore)
     matrix = act.activity_matrix(summary)
     notes = []
     if top is not None:

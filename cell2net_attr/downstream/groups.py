@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,15 +47,14 @@ class Groups:
 
 def read_groups(data: str | Path | object, column: str) -> Groups:
     """The groups of obs column ``column`` of an ``.h5mu`` path or MuData, ordered as documented above."""
+    from ..data.covariates import suggest
     from ..data.gene_view import open_store
 
     store = open_store(data)
     try:
         present = store.columns("obs")
         if column not in present:
-            close = difflib.get_close_matches(column, present, n=3)
-            hint = (f" (did you mean {', '.join(map(repr, close))}?)" if close
-                    else f"; its columns: {', '.join(present[:20])}")
+            hint = suggest(column, present) or f"; its columns: {', '.join(present[:20])}"
             raise UserError(f"obs has no column {column!r}{hint}", param="groupby")
         names = store.index("obs")
         values = store.column("obs", column)
@@ -98,6 +96,7 @@ def group_order(series: pd.Series) -> list:
 def groups_from_attribution_files(files: Iterable[Path], column: str) -> dict[Path, Groups]:
     """The groups of obs column ``column`` that AnnData attribution files carry, one :class:`Groups` per file,
     all in one order (the shared categories, otherwise the sorted labels of all files)."""
+    from ..data.covariates import suggest
     from ..io.reader import read_obs_column, read_obs_columns
 
     columns = {}
@@ -107,9 +106,8 @@ def groups_from_attribution_files(files: Iterable[Path], column: str) -> dict[Pa
                             "the .h5mu whose obs holds the column", param="data")
         present = read_obs_columns(path)
         if column not in present:
-            close = difflib.get_close_matches(column, present, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise UserError(f"its obs has no column {column!r}{hint}; give the .h5mu that has it with --data", path)
+            raise UserError(f"its obs has no column {column!r}{suggest(column, present)}; give the .h5mu that has "
+                            f"it with --data", path)
         columns[Path(path)] = read_obs_column(path, column)
     series = list(columns.values())
     kinds = [s.cat.categories for s in series if isinstance(s.dtype, pd.CategoricalDtype)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io.schema import FEATURE_LABEL
 from ..io.writers import atomic_output, check_output_path
 from .summary import KNOWN_COLUMNS, STAT_COLUMNS, Summary
@@ -72,7 +72,7 @@ def _read_one_summary(path: str | Path) -> tuple[str | None, str, pd.DataFrame]:
         numbers = {c: ["", "nan", "NaN"] for c in STAT_COLUMNS["peaks"]}
         table = pd.read_csv(source, sep=sep, dtype=text, keep_default_na=False, na_values=numbers)
     except (ValueError, OSError, UnicodeDecodeError, EOFError) as exc:  # pandas' parser errors are ValueErrors
-        raise UserError(f"cannot read table ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
+        raise UserError(f"cannot read table ({first_line(exc, 120)})", path) from exc
     for c in (c for c in STAT_COLUMNS["peaks"] if c in table.columns):
         if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any():
             raise UserError(f"column {c!r} holds a value that is not a number", path)

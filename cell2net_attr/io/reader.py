@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._compat import read_elem
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .schema import ATTRIBUTIONS, FEATURE_LABEL, FEATURE_NAMES, OBS_NAMES
 
 
@@ -43,7 +43,7 @@ def read_attributions(path: str | Path) -> Attributions:
         with h5py.File(path, "r") as f:
             values, obs, tfs, meta = _read_h5ad(f, path) if path.suffix.lower() == ".h5ad" else _read_h5(f, path)
     except OSError as exc:
-        raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
+        raise UserError(f"not a readable HDF5 file ({first_line(exc, 120)})", path) from exc
     gene = meta.get("gene", path.stem)
     gene = gene.decode() if isinstance(gene, bytes) else str(gene)
     target = meta.get("target", "tfs")
@@ -87,7 +87,7 @@ def _read_h5ad(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[st
         names = [_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var")]
         meta = read_elem(f["uns/cell2net_attr"]) if "uns/cell2net_attr" in f else {}
     except (KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot read the AnnData file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
+        raise UserError(f"cannot read the AnnData file ({first_line(exc, 120)})", path) from exc
     return np.asarray(x, dtype=np.float32), names[0], names[1], dict(meta) if isinstance(meta, dict) else {}
 
 
@@ -100,7 +100,7 @@ def read_obs_columns(path: str | Path) -> list[str]:
         with h5py.File(path, "r") as f:
             return [str(c) for c in f["obs"].attrs.get("column-order", [])] if "obs" in f else []
     except OSError as exc:
-        raise UserError(f"not a readable HDF5 file ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
+        raise UserError(f"not a readable HDF5 file ({first_line(exc, 120)})", path) from exc
 
 
 def read_obs_column(path: str | Path, column: str) -> pd.Series:
@@ -112,6 +112,6 @@ def read_obs_column(path: str | Path, column: str) -> pd.Series:
             names = _strings(np.asarray(read_elem(obs[obs.attrs["_index"]])))
             values = read_elem(obs[column])
     except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot read obs column {column!r} ({(str(exc).splitlines() or [''])[0][:120]})",
+        raise UserError(f"cannot read obs column {column!r} ({first_line(exc, 120)})",
                         path) from exc
     return pd.Series(values, index=pd.Index(names))

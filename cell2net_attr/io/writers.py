@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .._compat import write_elem
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .schema import (
     ATTRIBUTIONS,
     DELTA,
@@ -311,5 +311,5 @@ def os_error(exc: BaseException, path: Path) -> UserError:
     code, text = getattr(exc, "errno", None), str(exc)
     if code in (errno.ENOSPC, errno.EDQUOT) or "No space" in text or "errno = 28," in text:
         return UserError("disk full while writing the output; nothing was left at the final path", path)
-    detail = getattr(exc, "strerror", None) or (text.strip().splitlines() or [type(exc).__name__])[0][:200]
+    detail = getattr(exc, "strerror", None) or first_line(exc)
     return UserError(f"cannot write output ({detail})", path)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .architecture import Cell2NetModule, ModelSpec
 
 REQUIRED_KEYS = ("model_state_dict", "module_summary")
@@ -117,8 +117,7 @@ def _read_torch_file(path: Path) -> object:
         raise UserError(f"refused to load: the file needs code execution to unpickle ({detail.strip()[:160]})", path) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError, AttributeError,
             IndexError, KeyError, TypeError, MemoryError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"not a readable PyTorch checkpoint ({first})", path) from exc
+        raise UserError(f"not a readable PyTorch checkpoint ({first_line(exc)})", path) from exc
 
 
 def _is_hdf5(path: Path) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._compat import read_elem
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io.schema import (
     ATTRIBUTIONS,
     DELTA,
@@ -74,7 +74,7 @@ def read_shard(path: Path) -> ShardFile:
                 obs, features = _strings(f[OBS_NAMES][:]), _strings(f[FEATURE_NAMES[target]][:])
                 has_delta, n = DELTA in f, f[ATTRIBUTIONS].shape[0]
     except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"not a readable shard ({(str(exc).splitlines() or [''])[0][:120]})", path) from exc
+        raise UserError(f"not a readable shard ({first_line(exc, 120)})", path) from exc
     if "shard_index" not in attrs or "row_start" not in attrs:
         raise UserError("not a cell2net-attr shard (lacks shard_index)", path)
     if n != len(obs):

@@ -10,7 +10,7 @@ from ..engines.base import IGParams
 from ..engines.registry import EngineInfo, check_engine
 from ..errors import Terminated, UserError
 from ..io.lock import OutputLock
-from ..io.schema import output_format
+from ..io.schema import VAR_INDEX_NAME, output_format
 from ..io.writers import check_output
 from ..model.checkpoint import file_sha256
 from .binding import check_batching, load_model
@@ -85,7 +85,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     params, info, batch_size = opts.check()  # flags first: nothing is read before they are known good
     checkpoint, data = Path(checkpoint), Path(data)
     gene = opts.gene or checkpoint.stem
-    out = Path(opts.out) if opts.out else Path(f"{gene}.{'peak' if params.target == 'peaks' else 'tf'}_attr.h5")
+    out = Path(opts.out) if opts.out else Path(f"{gene}.{VAR_INDEX_NAME[params.target]}_attr.h5")
     shard = shard or Shard(0, 1)
     if shard.count > 1:
         if output_format(out) == "npy":  # refused before any work: merge could not join them

@@ -137,22 +137,17 @@ def test_peaks_through_where_shards_merge_and_run_many(demo_atlas, tmp_path):
 def test_peaks_resume_after_kill_equals_uninterrupted(demo_atlas, tmp_path, monkeypatch):
     import signal
     import subprocess
-    import sys
-    import time
+
+    from .test_resume import _cmd, _interrupt
 
     monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
     data, cks = demo_atlas
     ref, _, ref_delta = _peaks(demo_atlas, tmp_path / "ref.h5", "--batch-size", "1", engine="captum")
     out, partial = tmp_path / "p.h5", tmp_path / ".p.h5.partial"
-    cmd = [sys.executable, "-m", "cell2net_attr", "run", str(cks[0]), str(data), "--target", "peaks", "--covariates",
-           COVARIATES, "--engine", "captum", "--batch-size", "1", "--n-steps", "16", "--delta", "-q", "-o", str(out)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None and len(list(partial.glob("chunk-*.npz"))) < 1:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=90)
+    cmd = _cmd(cks[0], data, out, "--target", "peaks", "--engine", "captum", "--batch-size", "1", "--n-steps", "16",
+               "--delta", "-q")
+    rc, err = _interrupt(cmd, partial, signal.SIGKILL)
+    assert rc == -9, err
     assert not out.exists() and list(partial.glob("chunk-*.npz"))
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -18,6 +15,7 @@ from scipy.stats import norm
 from cell2net_attr.downstream import activity, summary, tables_io
 
 from .conftest import COVARIATES, write_attr, write_h5mu
+from .test_first_hour import cli
 from .test_tables import invoke
 
 PEAK_GROUPS = ["b", "a", "c"]  # category order deliberately unsorted
@@ -262,9 +260,7 @@ def test_plot_draws_peaks_by_groups(peak_atlas, tmp_path, n_genes):
 
 
 def _help(command: str, columns: int) -> str:
-    env = {**os.environ, "COLUMNS": str(columns)}
-    r = subprocess.run([sys.executable, "-m", "cell2net_attr", command, "--help"], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = cli(command, "--help", columns=columns)
     assert r.returncode == 0, r.stderr
     return " ".join(r.stdout.split())
 

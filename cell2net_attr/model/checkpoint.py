@@ -2,7 +2,8 @@
 
 A checkpoint written by ``Cell2Net.save`` is a dict with ``model_state_dict``,
 ``module_summary``, ``history`` and ``results``. Only tensors and plain containers are
-accepted (``torch.load(weights_only=True)``), so loading an untrusted file never runs code.
+accepted (:mod:`.torch_zip`, or ``torch.load(weights_only=True)`` for any file it does not handle), so
+loading an untrusted file never runs code.
 Every architecture size is read from the state-dict shapes; ``module_summary`` only
 supplies the peak length and is cross-checked.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import pickle
 import re
 import zipfile
@@ -21,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import UserError, first_line
+from . import torch_zip
 from .architecture import Cell2NetModule, ModelSpec
 
 REQUIRED_KEYS = ("model_state_dict", "module_summary")
@@ -75,7 +78,7 @@ def load_checkpoint(path: str | Path, gene: str | None = None) -> Checkpoint:
         The validated checkpoint. Raises :class:`UserError` on any problem.
     """
     path = Path(path)
-    raw = _read_torch_file(path)
+    raw, sha256 = _read_torch_file(path)
     if not isinstance(raw, dict) or not all(k in raw for k in REQUIRED_KEYS):
         if isinstance(raw, dict):
             keys = sorted(map(str, raw.keys()))
@@ -91,19 +94,32 @@ def load_checkpoint(path: str | Path, gene: str | None = None) -> Checkpoint:
     if not isinstance(summary, dict):
         raise UserError("'module_summary' is not a dictionary", path)
     spec = infer_spec(state, summary, path)
-    return Checkpoint(path, gene or path.stem, spec, dict(state), dict(summary), file_sha256(path))
+    return Checkpoint(path, gene or path.stem, spec, dict(state), dict(summary), sha256)
 
 
-def _read_torch_file(path: Path) -> object:
+def _read_torch_file(path: Path) -> tuple[object, str]:
+    """The unpickled checkpoint and the sha256 of its bytes (the file is read once)."""
     if not path.exists():
         raise UserError("checkpoint file not found", path)
     if path.is_dir():
         raise UserError("checkpoint path is a directory, expected a .pt file", path)
-    if _is_hdf5(path):  # the arguments the wrong way round, most likely
+    if _is_hdf5(path):  # the arguments the wrong way round, most likely (checked before reading it all)
         raise UserError("this is an HDF5 file (data?), not a PyTorch checkpoint: give the checkpoint (GENE.pt) "
                         "first, then the data (.h5mu)", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the checkpoint ({first_line(exc)})", path) from exc
+    sha256 = hashlib.sha256(raw).hexdigest()
+    try:
+        return torch_zip.load(raw), sha256
+    except Exception:  # noqa: BLE001 - anything unusual: torch's own safe loader decides, and explains
+        return _torch_load(raw, path), sha256
+
+
+def _torch_load(raw: bytes, path: Path) -> object:
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()
         text = str(exc)
@@ -122,8 +138,11 @@ def _read_torch_file(path: Path) -> object:
 
 def _is_hdf5(path: Path) -> bool:
     """HDF5's signature at 0, 512, 1024, ... (an .h5mu has a 512-byte user block before it)."""
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False  # reading it again says why
     return any(head[o : o + 8] == b"\x89HDF\r\n\x1a\n" for o in (0, 512, 1024, 2048))
 
 

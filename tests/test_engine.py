@@ -113,3 +113,26 @@ def test_module_spec_roundtrip():
     spec = ModelSpec(n_peaks=3, peak_len=64, n_tfs=2, n_covariates=0, n_filters=(8, 8), n_channels=4,
                      kernel_size=4, n_dims=8, n_attn_blocks=2)
     assert spec.embd_len == 16 and spec.head_in == 3 * 9 + 2
+
+
+def test_folded_sequence_tower_equals_the_module(random_model):
+    """forward_inference (BatchNorm folded, ELUs in place) against the module's own forward, N letters included."""
+    module = random_model.module.eval()
+    seq = torch.from_numpy(random_model.data.peak_seq).unsqueeze(0)
+    assert (seq.sum(-1) == 0).any(), "the data has no N: the check would miss the zero rows"
+    with torch.no_grad():
+        expected = module.encode_sequences(seq)
+    got = module.seq_encoder.forward_inference(seq)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(module.seq_encoder.forward_inference(seq.repeat(2, 1, 1, 1))[1], expected[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_folded_sequence_tower_refuses_train_mode(random_model):
+    encoder = random_model.module.seq_encoder
+    try:
+        with pytest.raises(RuntimeError, match="eval mode only"):
+            encoder.train().forward_inference(torch.zeros(1, 1, random_model.module.spec.peak_len, 4))
+    finally:
+        encoder.eval()

@@ -126,7 +126,9 @@ def test_peaks_through_where_shards_merge_and_run_many(demo_atlas, tmp_path):
     assert r.exit_code == 0, r.output
     with h5py.File(tmp_path / "merged.h5") as f:
         assert f.attrs["target"] == "peaks" and np.array_equal(f["attributions"][:], whole)
-        assert np.array_equal(f["convergence_delta"][:], delta)
+        # the delta is F(x) - F(0) minus a sum: a difference of O(1) outputs computed in blocks of other
+        # sizes, so it agrees to the outputs' float32 rounding, not bit for bit
+        np.testing.assert_allclose(f["convergence_delta"][:], delta, rtol=0, atol=1e-7)
     r = CliRunner().invoke(app, ["run-many", str(cks[0]), str(data), "--target", "peaks", "--covariates",
                                  COVARIATES, "--n-steps", "16", "--delta", "--out-dir", str(tmp_path / "many"), "-q"])
     assert r.exit_code == 0, r.output

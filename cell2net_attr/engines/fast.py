@@ -49,7 +49,7 @@ class GeneHead:
         self.w_tf = w[:, module.tf_slice()]  # (H, T)
         self.w_cov_t = w[:, module.tf_slice().stop:].T.contiguous()  # (C, H)
         with torch.no_grad():
-            self.encoder = PeakEncoder(module, module.encode_sequences(peak_seq.unsqueeze(0)))
+            self.encoder = PeakEncoder(module, module.seq_encoder.forward_inference(peak_seq.unsqueeze(0)))
             self.const = (peak_dist @ w[:, n_enc : n_enc + spec.n_peaks].T + first.bias.detach()).unsqueeze(0)
         if params.method != "exact":
             alphas, steps = quadrature(params.method, params.n_steps)

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Even kernel sizes with padding="same" make torch warn about an internal padded copy;
@@ -96,6 +97,36 @@ class SeqEncoder(nn.Module):
             x = self.conv_tower[i](x)
             x = self.conv_tower[i + 1](x) + x
         return torch.flatten(x.permute(0, 2, 1, 3), start_dim=2)
+
+    @torch.no_grad()
+    def forward_inference(self, seq: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in eval mode, without autograd, in about half the time.
+
+        Each BatchNorm is folded into the convolution before it and every ELU works in place; equal
+        to :meth:`forward` up to float rounding. The fast engines embed each gene's sequences with it.
+        """
+        if self.training:
+            raise RuntimeError("forward_inference folds BatchNorm statistics: eval mode only")
+        stem, stem_elu = self.stem_conv
+        x = F.elu_(stem(seq.permute(0, 3, 1, 2)), stem_elu.alpha)
+        for i in range(0, len(self.conv_tower), 2):
+            conv, bn, elu, pool = self.conv_tower[i]
+            weight, bias = _fold_batchnorm(conv, bn)
+            x = F.conv2d(x, weight, bias, padding=conv.padding)  # rebinding x frees the input early
+            x = pool(F.elu_(x, elu.alpha))
+            conv_1x1, elu_1x1 = self.conv_tower[i + 1]
+            x = F.elu_(conv_1x1(x), elu_1x1.alpha).add_(x)
+        return torch.flatten(x.permute(0, 2, 1, 3), start_dim=2)
+
+
+def _fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one convolution (``bn`` in eval mode)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    shift = bn.bias if bn.bias is not None else 0.0
+    return conv.weight * scale.view(-1, 1, 1, 1), (bias - bn.running_mean) * scale + shift
 
 
 class AttentionBlock(nn.Module):

@@ -198,6 +198,17 @@ def load_gene_data(
 
 
 def _gene_peaks(store: Store, gene: str) -> pd.DataFrame:
+    """The gene's rows of ``uns['peak_to_gene']``, in file order (found through an index built once per job)."""
+    p2g, rows_of = store.memo("peak_to_gene by gene", lambda: _peak_to_gene_index(store))
+    rows = rows_of.get(gene)
+    if rows is None:
+        raise UserError(f"gene '{gene}' has no rows in uns['peak_to_gene']{suggest(gene, list(rows_of))}",
+                        store.source)
+    return p2g.iloc[rows].reset_index(drop=True)
+
+
+def _peak_to_gene_index(store: Store) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The validated ``peak_to_gene`` table and each gene's row positions."""
     src = store.source
     if not store.has("uns/peak_to_gene"):
         raise UserError("no mdata.uns['peak_to_gene']", src)
@@ -207,14 +218,32 @@ def _gene_peaks(store: Store, gene: str) -> pd.DataFrame:
     missing = [c for c in ("gene", "peak", "distance") if c not in p2g.columns]
     if missing:
         raise UserError(f"mdata.uns['peak_to_gene'] lacks column(s) {missing}", src)
-    genes = p2g["gene"].astype(str)
-    rows = p2g[genes.to_numpy() == gene].reset_index(drop=True)
-    if rows.empty:
-        raise UserError(f"gene '{gene}' has no rows in uns['peak_to_gene']{suggest(gene, genes.unique())}", src)
-    return rows
+    return p2g, _positions_by_name(p2g["gene"].astype(str).to_numpy())
+
+
+def _positions_by_name(names: np.ndarray) -> dict[str, np.ndarray]:
+    """Each distinct name's positions in ``names``, ascending."""
+    uniq, inverse = np.unique(names, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1]
+    return dict(zip(uniq.tolist(), np.split(order, bounds)))
 
 
 def _gene_tfs(store: Store, gene: str, rna_mod: str) -> list[str]:
+    """The TFs of ``gene``'s row of ``rna.uns['gene_tf']`` (its nonzero columns, in column order)."""
+    table, rows_of = store.memo(("gene_tf by gene", rna_mod), lambda: _gene_tf_index(store, rna_mod))
+    rows = rows_of.get(gene)
+    if rows is None:
+        raise UserError(f"gene '{gene}' is not a row of {rna_mod}.uns['gene_tf']{suggest(gene, list(rows_of))}",
+                        store.source)
+    if len(rows) > 1:
+        raise UserError(f"gene '{gene}' appears more than once in {rna_mod}.uns['gene_tf']", store.source)
+    row = table.iloc[int(rows[0])]
+    return [str(c) for c in row.index[np.asarray(row.to_numpy() != 0, dtype=bool)]]
+
+
+def _gene_tf_index(store: Store, rna_mod: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The ``gene_tf`` table and each gene's row positions."""
     key = f"mod/{rna_mod}/uns/gene_tf"
     if not store.has(key):
         raise UserError(f"neither a per-gene file (rna.obsm['tf'] + uns['tfs']) nor a full one ({rna_mod}.uns['gene_tf'])",
@@ -222,14 +251,7 @@ def _gene_tfs(store: Store, gene: str, rna_mod: str) -> list[str]:
     table = store.read(key)
     if not isinstance(table, pd.DataFrame):
         raise UserError(f"{rna_mod}.uns['gene_tf'] is not a table", store.source)
-    table.index = table.index.astype(str)  # idempotent, so the store's memoised table stays valid
-    if gene not in table.index:
-        raise UserError(f"gene '{gene}' is not a row of {rna_mod}.uns['gene_tf']{suggest(gene, table.index)}",
-                        store.source)
-    row = table.loc[gene]
-    if isinstance(row, pd.DataFrame):
-        raise UserError(f"gene '{gene}' appears more than once in {rna_mod}.uns['gene_tf']", store.source)
-    return [str(c) for c, v in row.items() if v != 0]
+    return table, _positions_by_name(table.index.astype(str).to_numpy())
 
 
 def _check_counts(spec: ModelSizes, gene: str, peaks: list, tfs: list, covariates: list | None, src: str) -> None:

@@ -49,8 +49,11 @@ def save_checkpoint(module: Cell2NetModule, path: str | Path, n_cells: int = 10)
                "n_channels": spec.n_channels, "n_dims": spec.n_dims}
     history = {"epochs": {0: 0}, "train_loss": {0: 1.0}, "valid_loss": {0: 1.0},
                "train_corr": {0: 0.0}, "valid_corr": {0: 0.0}}
-    results = {"true": {i: 1.0 for i in range(n_cells)}, "pred": {i: 1.0 for i in range(n_cells)},
-               "data": {i: "train" for i in range(n_cells)}}
+    # upstream keeps one prediction per training cell: on an atlas, the bulk of the file's pickle
+    rng = np.random.default_rng(n_cells)
+    results = {"true": dict(enumerate(rng.poisson(2.0, n_cells).astype(float).tolist())),
+               "pred": dict(enumerate(rng.gamma(2.0, 1.0, n_cells).tolist())),
+               "data": dict(enumerate(rng.choice(["train", "valid", "test"], n_cells, p=[0.8, 0.1, 0.1]).tolist()))}
     path = Path(path)
     torch.save({"history": history, "model_state_dict": module.state_dict(), "module_summary": summary,
                 "results": results}, path)
@@ -85,10 +88,12 @@ def random_counts(rng: np.random.Generator, n_rows: int, n_cols: int, per_row: f
 def write_mudata(path: str | Path, genes: list[GeneSpec], n_cells: int, n_tfs_total: int,
                  n_covariates: int = 2, peak_len: int = 256, seed: int = 0, background_genes: int = 0,
                  background_peaks: int = 0, rna_per_cell: float | None = None,
-                 atac_per_cell: float | None = None) -> dict[str, list[str]]:
+                 atac_per_cell: float | None = None, background_links: int = 0) -> dict[str, list[str]]:
     """Write a full multi-gene ``.h5mu``; returns each gene's TFs in model order.
 
-    ``background_genes``/``background_peaks`` add columns no model reads (a wide atlas), and
+    ``background_genes``/``background_peaks`` add columns no model reads (a wide atlas),
+    ``background_links`` links each background gene to that many background peaks in
+    ``uns["peak_to_gene"]`` (as an atlas links every gene, modelled or not), and
     ``rna_per_cell``/``atac_per_cell`` set the nonzeros per cell (default: densities 0.3 and 0.2).
     """
     import anndata as ad
@@ -118,8 +123,13 @@ def write_mudata(path: str | Path, genes: list[GeneSpec], n_cells: int, n_tfs_to
             name = f"chr{gi + 1}-{start}-{start + 500}"
             peaks_all.append(name)
             rows.append((g.name, name, int(rng.integers(0, 500_000))))
+    background = [f"chrB-{1000 * (i + 1)}-{1000 * (i + 1) + 500}" for i in range(background_peaks)]
+    if background_links and background:
+        for i in range(background_genes):
+            for p in rng.choice(len(background), min(background_links, len(background)), replace=False):
+                rows.append((f"BG{i}", background[p], int(rng.integers(0, 500_000))))
     p2g = pd.DataFrame(rows, columns=["gene", "peak", "distance"])
-    peaks_all += [f"chrB-{1000 * (i + 1)}-{1000 * (i + 1) + 500}" for i in range(background_peaks)]
+    peaks_all += background
 
     if rna_per_cell is None:
         rna_counts = sp.random(n_cells, len(rna_vars), density=0.3, format="csr", random_state=seed,
@@ -160,5 +170,6 @@ def make_gene_models(out_dir: str | Path, genes: list[GeneSpec], n_cells: int, n
                          n_filters=tuple(arch.get("n_filters", (64, 32, 32, 16))), n_channels=4,
                          kernel_size=arch.get("kernel_size", 5), n_dims=arch.get("n_dims", 16),
                          n_attn_blocks=arch.get("n_attn_blocks", 1))
-        checkpoints.append(save_checkpoint(random_module(spec, seed + 100 * i), out_dir / "models" / f"{g.name}.pt"))
+        checkpoints.append(save_checkpoint(random_module(spec, seed + 100 * i), out_dir / "models" / f"{g.name}.pt",
+                                           n_cells=n_cells))
     return data, checkpoints

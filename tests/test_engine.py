@@ -136,3 +136,42 @@ def test_folded_sequence_tower_refuses_train_mode(random_model):
             encoder.train().forward_inference(torch.zeros(1, 1, random_model.module.spec.peak_len, 4))
     finally:
         encoder.eval()
+
+
+def test_module_from_state_equals_a_built_one(random_model):
+    """from_state (a copied template tree) against Cell2NetModule + load_state_dict: same repr, same
+    parameters, same forward; two modules from one template share nothing."""
+    from dataclasses import replace
+
+    from cell2net_attr.model.architecture import Cell2NetModule, from_state
+
+    spec = random_model.module.spec
+    state = {k: v.clone() for k, v in random_model.checkpoint.state_dict.items()}
+    built = Cell2NetModule(spec)
+    built.load_state_dict(state, strict=True)
+    built.eval()
+    got = from_state(spec, state)
+    assert repr(got) == repr(built) and got.spec == spec and not got.training
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in got.parameters())
+    assert {k: v.shape for k, v in got.state_dict().items()} == {k: v.shape for k, v in built.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.from_numpy(random_model.data.peak_seq).unsqueeze(0).repeat(3, 1, 1, 1),
+              torch.rand(3, spec.n_peaks, generator=g) * 3,
+              torch.from_numpy(random_model.data.peak_dist).unsqueeze(0).repeat(3, 1),
+              torch.rand(3, spec.n_tfs, generator=g) * 4, torch.randn(3, spec.n_covariates, generator=g))
+    with torch.no_grad():
+        assert torch.equal(got(*inputs), built(*inputs))
+    # a second gene with other counts copies the same template: it must share no module, tensor or registry
+    other_spec = replace(spec, n_tfs=spec.n_tfs + 3)
+    other_state = {k: v.clone() for k, v in state.items()}
+    other_state["fc.0.weight"] = torch.randn(spec.head_hidden, other_spec.head_in)
+    other = from_state(other_spec, other_state)
+    assert other.fc[0].in_features == other_spec.head_in and got.fc[0].in_features == spec.head_in
+    mods_a, mods_b = set(map(id, got.modules())), set(map(id, other.modules()))
+    assert not mods_a & mods_b
+    assert not {p.data_ptr() for p in got.parameters()} & {p.data_ptr() for p in other.parameters()}
+    other.fc[2].register_forward_hook(lambda *a: None)
+    other.train()
+    assert not got.fc[2]._forward_hooks and not got.training and not got.fc[2].training
+    with pytest.raises(KeyError):
+        from_state(spec, {k: v for k, v in state.items() if k != "fc.0.bias"})

@@ -16,7 +16,7 @@ and the output is (B, 1), the log-rate of a Poisson.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -209,3 +209,44 @@ class Cell2NetModule(nn.Module):
         """Columns of the head's first Linear that multiply the TF expression."""
         start = self.spec.n_peaks * (self.spec.n_dims + 1)
         return slice(start, start + self.spec.n_tfs)
+
+
+#: One meta-device module per encoder/attention shape: what every gene of a job shares.
+_TEMPLATES: dict[ModelSpec, Cell2NetModule] = {}
+
+
+def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> Cell2NetModule:
+    """A module of ``spec`` holding ``state``'s tensors (no initialisation, no copy), in eval mode.
+
+    Building an ``nn.Module`` tree is ~60 submodules of Python per gene; instead the tree of a
+    cached template with the same encoder and attention sizes is copied (only the head's first
+    Linear depends on the peak, TF and covariate counts) and the tensors are put in place.
+    ``state`` must have exactly the module's keys and shapes (the checkpoint loader checks them).
+    """
+    key = replace(spec, n_peaks=1, n_tfs=0, n_covariates=0)
+    if key not in _TEMPLATES:
+        with torch.device("meta"):
+            _TEMPLATES[key] = Cell2NetModule(key)
+    module = _copy_tree(_TEMPLATES[key])
+    module.spec = spec
+    module.fc[0].in_features = spec.head_in
+    slots = {f"{prefix}{'.' if prefix else ''}{name}": (sub, name) for prefix, sub in module.named_modules()
+             for name, value in (*sub._parameters.items(), *sub._buffers.items()) if value is not None}
+    if set(slots) != set(state):
+        raise KeyError(f"state keys differ from the module's: {sorted(set(slots) ^ set(state))[:5]}")
+    for name, tensor in state.items():
+        sub, leaf = slots[name]
+        if leaf in sub._parameters:
+            sub._parameters[leaf] = nn.Parameter(tensor)
+        else:
+            sub._buffers[leaf] = tensor
+    return module.eval()
+
+
+def _copy_tree(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s tree: new module objects with their own registries, sharing no containers."""
+    new = object.__new__(type(module))
+    attrs = {k: (v.copy() if isinstance(v, (dict, set)) else v) for k, v in module.__dict__.items()}
+    attrs["_modules"] = {name: _copy_tree(sub) for name, sub in module._modules.items()}
+    new.__dict__.update(attrs)
+    return new

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import UserError, first_line
 from . import torch_zip
-from .architecture import Cell2NetModule, ModelSpec
+from .architecture import Cell2NetModule, ModelSpec, from_state
 
 REQUIRED_KEYS = ("model_state_dict", "module_summary")
 
@@ -41,16 +41,13 @@ class Checkpoint:
     sha256: str
 
     def build_module(self) -> Cell2NetModule:
-        """A fresh module in eval mode with the checkpoint's weights loaded strictly."""
-        with torch.device("meta"):  # no initialisation: every tensor comes from the checkpoint
-            module = Cell2NetModule(self.spec)
-        state = {k: v.clone() for k, v in self.state_dict.items()}  # the module never shares the checkpoint's
+        """A fresh module in eval mode with the checkpoint's weights (copies: the module never shares them)."""
+        state = {k: v.clone() for k, v in self.state_dict.items()}
         try:
-            module.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:  # shapes were checked; this is a last line of defence
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"state dict does not fit the inferred architecture ({first})", self.path) from exc
-        return module.eval()
+            return from_state(self.spec, state)
+        except KeyError as exc:  # shapes and keys were checked; this is a last line of defence
+            raise UserError(f"state dict does not fit the inferred architecture ({first_line(exc)})",
+                            self.path) from exc
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

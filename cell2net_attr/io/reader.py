@@ -11,7 +11,7 @@ import pandas as pd
 
 from .._compat import read_elem
 from ..errors import UserError, first_line
-from .schema import ATTRIBUTIONS, FEATURE_LABEL, FEATURE_NAMES, OBS_NAMES
+from .schema import ATTRIBUTIONS, DELTA, FEATURE_LABEL, FEATURE_NAMES, OBS_NAMES, UNS_KEY
 
 
 @dataclass
@@ -31,6 +31,66 @@ def _strings(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
+@dataclass
+class Header:
+    """What an attribution file says about itself, without its matrix: format, attributes (the run's
+    parameters), cell and feature names, rows stored, and whether it holds convergence deltas."""
+
+    path: Path
+    fmt: str
+    attrs: dict
+    obs: list[str]
+    features: list[str]
+    n_rows: int
+    has_delta: bool
+
+
+def read_header(path: str | Path) -> Header:
+    """The header of an HDF5 (``.h5``/``.hdf5``) or AnnData (``.h5ad``) attribution file; the matrix is
+    only measured. Raises :class:`UserError` when the file is unreadable or not one of ours."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return _header_h5ad(f, path) if path.suffix.lower() == ".h5ad" else _header_h5(f, path)
+    except OSError as exc:
+        raise UserError(f"not a readable HDF5 file ({first_line(exc, 120)})", path) from exc
+    except (KeyError, ValueError, TypeError) as exc:  # a damaged or foreign layout
+        raise UserError(f"cannot read the attribution file ({first_line(exc, 120)})", path) from exc
+
+
+def _header_h5(f: h5py.File, path: Path) -> Header:
+    attrs = dict(f.attrs)
+    names = FEATURE_NAMES.get(str(attrs.get("target", "tfs")), FEATURE_NAMES["tfs"])
+    missing = [k for k in (ATTRIBUTIONS, OBS_NAMES, names) if k not in f]
+    if missing:
+        raise UserError(f"not a cell2net-attr attribution file: no {missing[0]!r} dataset", path)
+    return Header(path, "h5", attrs, _strings(f[OBS_NAMES][()]), _strings(f[names][()]), f[ATTRIBUTIONS].shape[0],
+                  DELTA in f)
+
+
+def _header_h5ad(f: h5py.File, path: Path) -> Header:
+    missing = [k for k in ("X", "obs", "var") if k not in f]
+    if missing:
+        raise UserError(f"not an AnnData attribution file: no {missing[0]!r}", path)
+    try:
+        obs, var = (_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var"))
+        meta = read_elem(f[f"uns/{UNS_KEY}"]) if f"uns/{UNS_KEY}" in f else {}
+        return Header(path, "h5ad", dict(meta) if isinstance(meta, dict) else {}, obs, var, f["X"].shape[0],
+                      DELTA in f["obs"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot read the AnnData file ({first_line(exc, 120)})", path) from exc
+
+
+def _read_matrix(header: Header) -> np.ndarray:
+    """The attribution matrix of the file ``header`` describes, as float32."""
+    try:
+        with h5py.File(header.path, "r") as f:
+            x = f[ATTRIBUTIONS][()] if header.fmt == "h5" else read_elem(f["X"])
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot read the attributions ({first_line(exc, 120)})", header.path) from exc
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
+
+
 def read_attributions(path: str | Path) -> Attributions:
     """Read and check one attribution file written by ``cell2net-attr run``: HDF5 (``.h5``/``.hdf5``) or
     AnnData (``.h5ad``: ``X`` cells x TFs, ``var`` = TFs, the run's parameters in ``uns["cell2net_attr"]``).
@@ -38,12 +98,9 @@ def read_attributions(path: str | Path) -> Attributions:
     The gene is the file's ``gene`` attribute (its stem when absent). Raises :class:`UserError` when
     the file is not such a file, its axes disagree, a name repeats or a value is NaN/Inf.
     """
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            values, obs, tfs, meta = _read_h5ad(f, path) if path.suffix.lower() == ".h5ad" else _read_h5(f, path)
-    except OSError as exc:
-        raise UserError(f"not a readable HDF5 file ({first_line(exc, 120)})", path) from exc
+    header = read_header(path)
+    path, obs, tfs, meta = header.path, header.obs, header.features, header.attrs
+    values = _read_matrix(header)
     gene = meta.get("gene", path.stem)
     gene = gene.decode() if isinstance(gene, bytes) else str(gene)
     target = meta.get("target", "tfs")
@@ -66,29 +123,6 @@ def read_attributions(path: str | Path) -> Attributions:
         r, c = np.argwhere(bad)[0]
         raise UserError(f"attribution of cell {obs[r]!r} for {tfs[c]!r} is {values[r, c]}", path)
     return Attributions(path, gene, pd.Index(obs), tfs, values, shard, target)
-
-
-def _read_h5(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
-    names = FEATURE_NAMES.get(str(f.attrs.get("target", "tfs")), FEATURE_NAMES["tfs"])
-    missing = [k for k in (ATTRIBUTIONS, OBS_NAMES, names) if k not in f]
-    if missing:
-        raise UserError(f"not a cell2net-attr attribution file: no {missing[0]!r} dataset", path)
-    return (np.asarray(f[ATTRIBUTIONS][()], dtype=np.float32), _strings(f[OBS_NAMES][()]),
-            _strings(f[names][()]), dict(f.attrs))
-
-
-def _read_h5ad(f: h5py.File, path: Path) -> tuple[np.ndarray, list[str], list[str], dict]:
-    missing = [k for k in ("X", "obs", "var") if k not in f]
-    if missing:
-        raise UserError(f"not an AnnData attribution file: no {missing[0]!r}", path)
-    try:
-        x = read_elem(f["X"])
-        x = x.toarray() if hasattr(x, "toarray") else x
-        names = [_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var")]
-        meta = read_elem(f["uns/cell2net_attr"]) if "uns/cell2net_attr" in f else {}
-    except (KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot read the AnnData file ({first_line(exc, 120)})", path) from exc
-    return np.asarray(x, dtype=np.float32), names[0], names[1], dict(meta) if isinstance(meta, dict) else {}
 
 
 def read_obs_columns(path: str | Path) -> list[str]:

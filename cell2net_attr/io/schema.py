@@ -36,6 +36,8 @@ VAR_INDEX_NAME = {"tfs": "tf", "peaks": "peak"}
 UNS_KEY = "cell2net_attr"
 
 #: Output suffixes and the format each names.
+#: Why ``.npy`` outputs cannot be shards: ``merge`` joins rows by cell name, which ``.npy`` does not carry.
+NPY_CANNOT_MERGE = ".npy outputs have no cell names and cannot be merged; shard into .h5 or .h5ad"
 FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
 
 #: Attributes that say where and by what an output was made; they may differ between shards and resumes.

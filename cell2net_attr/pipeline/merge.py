@@ -11,14 +11,13 @@ import numpy as np
 import pandas as pd
 
 from .._compat import read_elem
-from ..errors import UserError, first_line
+from ..errors import UserError
+from ..io.reader import read_header
 from ..io.schema import (
     ATTRIBUTIONS,
     DELTA,
-    FEATURE_NAMES,
-    OBS_NAMES,
+    NPY_CANNOT_MERGE,
     PROVENANCE,
-    UNS_KEY,
     RunIdentity,
     output_attrs,
     output_format,
@@ -47,41 +46,21 @@ class ShardFile:
         return len(self.obs)
 
 
-def _strings(values) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values)]
-
-
 def read_shard(path: Path) -> ShardFile:
-    """The header of one shard (its matrices are only measured; :func:`_copy_rows` streams them)."""
+    """The header of one shard (its matrix is only measured; :func:`_copy_rows` streams it)."""
     if not path.is_file():
         raise UserError("shard not found", path)
-    fmt = output_format(path)
-    if fmt == "npy":
-        raise UserError(".npy outputs have no cell names and cannot be merged; shard into .h5 or .h5ad", path)
-    try:
-        with h5py.File(path, "r") as f:
-            if fmt == "h5ad":
-                attrs = dict(read_elem(f[f"uns/{UNS_KEY}"])) if f"uns/{UNS_KEY}" in f else {}
-                obs = _strings(read_elem(f["obs"][f["obs"].attrs["_index"]]))
-                features = _strings(read_elem(f["var"][f["var"].attrs["_index"]]))
-                has_delta, n = DELTA in f["obs"], f["X"].shape[0]
-            else:
-                attrs = {k: f.attrs[k] for k in f.attrs}
-                target = str(attrs.get("target", "tfs"))
-                missing = [k for k in (ATTRIBUTIONS, OBS_NAMES, FEATURE_NAMES.get(target, FEATURE_NAMES["tfs"])) if k not in f]
-                if missing:
-                    raise UserError(f"not a cell2net-attr shard (lacks {missing[0]!r})", path)
-                obs, features = _strings(f[OBS_NAMES][:]), _strings(f[FEATURE_NAMES[target]][:])
-                has_delta, n = DELTA in f, f[ATTRIBUTIONS].shape[0]
-    except (OSError, KeyError, ValueError) as exc:
-        raise UserError(f"not a readable shard ({first_line(exc, 120)})", path) from exc
+    if output_format(path) == "npy":
+        raise UserError(NPY_CANNOT_MERGE, path)
+    header = read_header(path)
+    attrs = header.attrs
     if "shard_index" not in attrs or "row_start" not in attrs:
         raise UserError("not a cell2net-attr shard (lacks shard_index)", path)
-    if n != len(obs):
-        raise UserError(f"incomplete shard: {n} rows for {len(obs)} cell names", path)
-    identity = RunIdentity.from_attrs(attrs, path, has_delta, fmt)
-    return ShardFile(path, identity, attrs, int(attrs["shard_index"]), int(attrs["row_start"]), obs, features,
-                     has_delta)
+    if header.n_rows != len(header.obs):
+        raise UserError(f"incomplete shard: {header.n_rows} rows for {len(header.obs)} cell names", path)
+    identity = RunIdentity.from_attrs(attrs, path, header.has_delta, header.fmt)
+    return ShardFile(path, identity, attrs, int(attrs["shard_index"]), int(attrs["row_start"]), header.obs,
+                     header.features, header.has_delta)
 
 
 def check_shards(shards: list[ShardFile]) -> list[ShardFile]:

@@ -10,7 +10,7 @@ from ..engines.base import IGParams
 from ..engines.registry import EngineInfo, check_engine
 from ..errors import Terminated, UserError
 from ..io.lock import OutputLock
-from ..io.schema import VAR_INDEX_NAME, output_format
+from ..io.schema import NPY_CANNOT_MERGE, VAR_INDEX_NAME, output_format
 from ..io.writers import check_output
 from ..model.checkpoint import file_sha256
 from .binding import check_batching, load_model
@@ -89,7 +89,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
     shard = shard or Shard(0, 1)
     if shard.count > 1:
         if output_format(out) == "npy":  # refused before any work: merge could not join them
-            raise UserError(".npy shards have no cell names and cannot be merged; shard into .h5 or .h5ad", out)
+            raise UserError(NPY_CANNOT_MERGE, out)
         out = shard.path(out)
     check_output(out, opts.overwrite, [checkpoint, data], opts.delta)
     lock = OutputLock(out).acquire()  # one writer per output: a second run stops here, touching nothing

@@ -175,3 +175,12 @@ def test_checkpoint_sha256_is_of_the_file(upstream):
 
     path = upstream / "models" / "GENE0.pt"
     assert load_checkpoint(path).sha256 == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_registered_extension_codes_are_left_to_torch(monkeypatch):
+    """pickle's EXT opcodes resolve through a cache find_class never sees: with any code registered, refuse."""
+    import copyreg
+
+    monkeypatch.setitem(copyreg._inverted_registry, 240, ("os", "system"))
+    with pytest.raises(torch_zip.Unsupported, match="extension"):
+        torch_zip.load(saved({"model_state_dict": {}}))

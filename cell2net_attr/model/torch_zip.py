@@ -15,6 +15,7 @@ metadata) raises :class:`Unsupported`; the caller then falls back to ``torch.loa
 from __future__ import annotations
 
 import collections
+import copyreg
 import io
 import pickle
 import sys
@@ -102,6 +103,9 @@ def load(raw: bytes) -> object:
     Raises :class:`Unsupported` for anything but the plain case; other exceptions mean a damaged
     file, which ``torch.load`` should then be the one to describe.
     """
+    # pickle's extension codes resolve through a process-wide cache that find_class never sees
+    if copyreg._inverted_registry:  # noqa: SLF001 - empty unless some library registered codes
+        raise Unsupported("pickle extension codes are registered in this process")
     if sys.byteorder != "little" or not zipfile.is_zipfile(io.BytesIO(raw)):
         raise Unsupported("not a little-endian zip checkpoint")
     with zipfile.ZipFile(io.BytesIO(raw)) as zf:

@@ -29,7 +29,7 @@ def test_run_help_shows_defaults_choices_and_envvars(columns):
     text = " ".join(cli("run", "--help", columns=columns).stdout.split())  # as read, whatever the wrapping
     for shown in ["[default: 100; x>=1]", "<fast|captum>", "<eval|train>", "<auto|position|name>",
                   "riemann_trapezoid|exact>", "[default: (256 fast, 4 captum); x>=1]", "env var: SLURM_CPUS_PER_TASK",
-                  "[default: (<gene>.tf_attr.h5)]", ".h5ad", "from SLURM_ARRAY_TASK_* in a job array"]:
+                  "[default: (<gene>.tf_attr.h5, or <gene>.peak_attr.h5 with --target peaks)]", ".h5ad", "from SLURM_ARRAY_TASK_* in a job array"]:
         assert shown in text, shown
     assert "<bool>" not in text and " ." not in text.replace(" .h5", "").replace(" .npy", "")
 

@@ -30,12 +30,12 @@ from .common import (
 def run(
     checkpoint: Path = typer.Argument(..., help="Cell2Net checkpoint GENE.pt."),
     data: Path = typer.Argument(..., help="Per-gene GENE.h5mu or the full multi-gene .h5mu."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default="<gene>.tf_attr.h5",
+    out: Optional[Path] = typer.Option(None, "--out", "-o", show_default="<gene>.tf_attr.h5, or <gene>.peak_attr.h5 with --target peaks",
                                        help="Output .h5/.hdf5, .h5ad (AnnData) or .npy."),
     gene: Optional[str] = typer.Option(None, show_default="the checkpoint's file stem", help="Gene name."),
     **opts,
 ) -> None:
-    """Compute TF attributions for one checkpoint and write them to --out."""
+    """Compute TF (or, with --target peaks, peak) attributions for one checkpoint and write them to --out."""
     from ..pipeline.run import run_one
     from ..pipeline.shards import resolve_shard
 

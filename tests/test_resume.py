@@ -135,3 +135,24 @@ def test_damaged_chunk_is_recomputed(slow_run, tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     assert "damaged" in r.stderr and first.name in r.stderr
     _same(out, ref)
+
+
+def test_the_last_rows_go_straight_into_the_output(demo_atlas, tmp_path, monkeypatch):
+    """Rows still in memory at the end are written to the output, not saved as a chunk and read back
+    (no fsync); with a chunk every 7 rows, the saved chunks and the rest make the same output."""
+    import os
+
+    data, checkpoints = demo_atlas
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
+    args = ["run", str(checkpoints[0]), str(data), "--covariates", COVARIATES, "--delta", "-q"]
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one.h5")])
+    assert r.exit_code == 0, r.output
+    assert synced == []
+    r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "many.h5"), "--batch-size", "7", "--chunk-rows", "7"])
+    assert r.exit_code == 0, r.output
+    assert synced, "no chunk was saved: the comparison would prove nothing"
+    assert not list(tmp_path.glob(".*partial*"))
+    with h5py.File(tmp_path / "one.h5") as a, h5py.File(tmp_path / "many.h5") as b:
+        assert np.array_equal(a["attributions"][:], b["attributions"][:])
+        assert np.array_equal(a["convergence_delta"][:], b["convergence_delta"][:])

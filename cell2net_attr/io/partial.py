@@ -136,12 +136,19 @@ class PartialRun:
         self._last = time.monotonic()
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-        """Saved chunks in row order, one at a time (memory stays one chunk)."""
+        """Saved chunks in row order, one at a time (memory stays one chunk), then the rows still in
+        memory: the output takes them directly, as saving them first would only be read back. They stay
+        buffered until :meth:`discard`, so an interrupt while the output is written still saves them."""
         for start, _, path in self._chunk_files():
             with np.load(path) as z:
                 yield start, z["attr"], z["delta"] if "delta" in z.files else None
+        if self._buf:
+            deltas = [d for _, _, d in self._buf]
+            yield (self._buf[0][0], np.concatenate([a for _, a, _ in self._buf]),
+                   np.concatenate(deltas) if all(d is not None for d in deltas) else None)
 
     def discard(self) -> None:
-        """Remove the in-progress directory."""
+        """Remove the in-progress directory and forget the rows in memory."""
+        self._buf.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 

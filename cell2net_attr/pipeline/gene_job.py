@@ -136,7 +136,6 @@ class GeneJob:
     def finish(self) -> None:
         """Assemble the output from the saved chunks and rename it into place."""
         t0 = time.monotonic()
-        self.partial.flush()
         rows = self.spec.rows
         data = self.model.data
         features = self.model.features(self.spec.params.target)

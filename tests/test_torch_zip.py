@@ -184,3 +184,72 @@ def test_registered_extension_codes_are_left_to_torch(monkeypatch):
     monkeypatch.setitem(copyreg._inverted_registry, 240, ("os", "system"))
     with pytest.raises(torch_zip.Unsupported, match="extension"):
         torch_zip.load(saved({"model_state_dict": {}}))
+
+
+def _zip(pkl: bytes, records: dict[str, bytes] | None = None, compress: bool = False, junk: bytes = b"",
+         twice: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        for key, data in (records or {"0": bytes(16)}).items():
+            zf.writestr(f"archive/data/{key}", data, compress_type=zipfile.ZIP_DEFLATED if compress else None)
+            if twice:
+                with pytest.warns(UserWarning, match="Duplicate"):
+                    zf.writestr(f"archive/data/{key}", b"\x01" * len(data))
+    return junk + buf.getvalue()
+
+
+def _text(s: str) -> bytes:
+    return b"X" + len(s).to_bytes(4, "little") + s.encode()
+
+
+_STORAGE = b"(" + _text("storage") + b"ctorch\nFloatStorage\n" + _text("0") + _text("cpu") + b"K\x04tQ"
+
+
+@pytest.mark.parametrize("pkl", [
+    b"ctorch._utils\n_rebuild_tensor_v2\n}b.",  # BUILD on the rebuild itself (it would stay changed)
+    _STORAGE + b"}" + _text("flat") + b"K\x01sb.",  # BUILD on a storage (would swap its bytes)
+])
+def test_build_on_the_readers_own_objects_is_refused(pkl):
+    with pytest.raises(torch_zip.Unsupported, match="BUILD"):
+        torch_zip.load(_zip(pkl))
+
+
+class _TensorChangedAfter(_Tensorish):
+    """A tensor rebuild followed by BUILD: torch's Tensor.__setstate__ then sets requires_grad and hooks."""
+
+    def __reduce__(self):
+        return torch._utils._rebuild_tensor_v2, self.args, (True, None, collections.OrderedDict())
+
+
+def test_a_tensor_changed_after_it_was_built_is_refused():
+    obj = {"w": _TensorChangedAfter(_FakeStorage(), 0, (2,), (1,), False, collections.OrderedDict())}
+    with pytest.raises((torch_zip.Unsupported, RuntimeError)):
+        torch_zip.load(crafted(obj))
+
+
+def test_an_empty_storage_cannot_be_grown():
+    """A zero-element storage is a slice of a fixed buffer: set_ cannot reach memory past it."""
+    t = torch_zip.load(crafted({"w": _Tensorish(_FakeStorage(), 0, (0,), (1,), False, collections.OrderedDict())},
+                               numel=0, nbytes=0))["w"]
+    assert t.numel() == 0
+    with pytest.raises(RuntimeError):
+        t.set_(t.untyped_storage(), 0, (1000,), (1,))
+
+
+@pytest.mark.parametrize("variant", ["twice", "junk", "compressed", "requires_grad"])
+def test_zips_torch_would_read_otherwise_are_left_to_it(variant):
+    ok = pickle.dumps(None)
+    tensor = {"w": _Tensorish(_FakeStorage(), 0, (2,), (1,), variant == "requires_grad", collections.OrderedDict())}
+    raw = {"twice": lambda: _zip(ok, twice=True), "junk": lambda: _zip(ok, junk=b"\0" * 64),
+           "compressed": lambda: _zip(_pickled(tensor), compress=True),
+           "requires_grad": lambda: crafted(tensor)}[variant]()
+    with pytest.raises(torch_zip.Unsupported):
+        torch_zip.load(raw)
+
+
+def _pickled(obj) -> bytes:
+    """``obj`` pickled as crafted() pickles it (its storage is record '0', 4 floats)."""
+    raw = crafted(obj)
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        return zf.read("archive/data.pkl")

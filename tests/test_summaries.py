@@ -325,3 +325,19 @@ def test_tf_to_gene_api_equals_summarize(upstream, tmp_path):
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-6)
     with pytest.raises(Exception, match="expected 64 cells x"):
         cell2net_attr.tf_to_gene(model, attr[:, :2])
+
+
+def test_an_h5ad_with_sparse_x_is_read(tmp_path):
+    """AnnData may store X sparse (a group, not a dataset): the reader takes its shape from the attributes."""
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from cell2net_attr.io.reader import read_attributions
+
+    x = np.array([[0.0, 1.5], [2.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    path = tmp_path / "G.h5ad"
+    ad.AnnData(X=sp.csr_matrix(x), obs=pd.DataFrame(index=["c0", "c1", "c2"]),
+               var=pd.DataFrame(index=["TF1", "TF2"]), uns={"cell2net_attr": {"gene": "G", "target": "tfs"}}
+               ).write_h5ad(path)
+    got = read_attributions(path)
+    assert got.gene == "G" and got.features == ["TF1", "TF2"] and np.array_equal(got.values, x)

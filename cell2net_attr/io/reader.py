@@ -75,9 +75,10 @@ def _header_h5ad(f: h5py.File, path: Path) -> Header:
     try:
         obs, var = (_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var"))
         meta = read_elem(f[f"uns/{UNS_KEY}"]) if f"uns/{UNS_KEY}" in f else {}
-        return Header(path, "h5ad", dict(meta) if isinstance(meta, dict) else {}, obs, var, f["X"].shape[0],
-                      DELTA in f["obs"])
-    except (KeyError, ValueError, TypeError) as exc:
+        x = f["X"]  # a dataset, or a group when X is stored sparse (its shape is an attribute)
+        n_rows = int(x.attrs["shape"][0]) if isinstance(x, h5py.Group) else x.shape[0]
+        return Header(path, "h5ad", dict(meta) if isinstance(meta, dict) else {}, obs, var, n_rows, DELTA in f["obs"])
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"cannot read the AnnData file ({first_line(exc, 120)})", path) from exc
 
 

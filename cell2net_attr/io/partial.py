@@ -110,13 +110,11 @@ class PartialRun:
         """Save buffered rows as one chunk file (atomically)."""
         if not self._buf:
             return
-        start = self._buf[0][0]
-        attr = np.concatenate([a for _, a, _ in self._buf])
-        deltas = [d for _, _, d in self._buf]
+        start, attr, delta = self._buffered()
         stop = start + len(attr)
         buf = io.BytesIO()
-        if all(d is not None for d in deltas):
-            np.savez(buf, attr=attr, delta=np.concatenate(deltas))
+        if delta is not None:
+            np.savez(buf, attr=attr, delta=delta)
         else:
             np.savez(buf, attr=attr)
         data = buf.getvalue()
@@ -143,9 +141,13 @@ class PartialRun:
             with np.load(path) as z:
                 yield start, z["attr"], z["delta"] if "delta" in z.files else None
         if self._buf:
-            deltas = [d for _, _, d in self._buf]
-            yield (self._buf[0][0], np.concatenate([a for _, a, _ in self._buf]),
-                   np.concatenate(deltas) if all(d is not None for d in deltas) else None)
+            yield self._buffered()
+
+    def _buffered(self) -> tuple[int, np.ndarray, np.ndarray | None]:
+        """The buffered rows as one block: first row, attributions, deltas (when every batch had them)."""
+        deltas = [d for _, _, d in self._buf]
+        return (self._buf[0][0], np.concatenate([a for _, a, _ in self._buf]),
+                np.concatenate(deltas) if all(d is not None for d in deltas) else None)
 
     def discard(self) -> None:
         """Remove the in-progress directory and forget the rows in memory."""

@@ -134,7 +134,7 @@ class GeneJob:
         self.seconds += time.monotonic() - t0
 
     def finish(self) -> None:
-        """Assemble the output from the saved chunks and rename it into place."""
+        """Assemble the output from the saved chunks and the rows still in memory, and rename it into place."""
         t0 = time.monotonic()
         rows = self.spec.rows
         data = self.model.data

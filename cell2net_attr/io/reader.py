@@ -31,6 +31,11 @@ def _strings(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
+def _index_names(frame: h5py.Group) -> list[str]:
+    """The index of an AnnData dataframe group (``obs``, ``var``) as strings."""
+    return _strings(np.asarray(read_elem(frame[frame.attrs["_index"]])))
+
+
 @dataclass
 class Header:
     """What an attribution file says about itself, without its matrix: format, attributes (the run's
@@ -73,7 +78,7 @@ def _header_h5ad(f: h5py.File, path: Path) -> Header:
     if missing:
         raise UserError(f"not an AnnData attribution file: no {missing[0]!r}", path)
     try:
-        obs, var = (_strings(np.asarray(read_elem(f[k][f[k].attrs["_index"]]))) for k in ("obs", "var"))
+        obs, var = _index_names(f["obs"]), _index_names(f["var"])
         meta = read_elem(f[f"uns/{UNS_KEY}"]) if f"uns/{UNS_KEY}" in f else {}
         x = f["X"]  # a dataset, or a group when X is stored sparse (its shape is an attribute)
         n_rows = int(x.attrs["shape"][0]) if isinstance(x, h5py.Group) else x.shape[0]
@@ -143,9 +148,7 @@ def read_obs_column(path: str | Path, column: str) -> pd.Series:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
-            obs = f["obs"]
-            names = _strings(np.asarray(read_elem(obs[obs.attrs["_index"]])))
-            values = read_elem(obs[column])
+            names, values = _index_names(f["obs"]), read_elem(f["obs"][column])
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read obs column {column!r} ({first_line(exc, 120)})",
                         path) from exc

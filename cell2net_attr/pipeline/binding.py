@@ -17,7 +17,7 @@ from ..data.rows import SharedRows
 from ..engines.base import IGParams
 from ..engines.registry import check_engine, make_engine
 from ..errors import UserError
-from ..model.architecture import Cell2NetModule
+from ..model.architecture import Cell2NetModule, from_state
 from ..model.checkpoint import Checkpoint, infer_spec, load_checkpoint
 from ..model.device import resolve_device
 from .progress import Progress
@@ -123,14 +123,13 @@ def as_model(model: Any) -> AttributionModel:
     summary = {k: getattr(getattr(up, "spec", up), k, None) for k in keys}
     state = {k: v.detach().cpu() for k, v in up.state_dict().items()}
     spec = infer_spec(state, summary, Path("<upstream module>"))
-    module = Cell2NetModule(spec)
-    module.load_state_dict(state, strict=True)
+    module = from_state(spec, {k: v.clone() for k, v in state.items()})  # copies: upstream's module stays its own
     gene = getattr(model, "gene", None) or str(model.mdata.mod["rna"].var_names[0])
     cov = list(model.covariates or [])
     gene_data = load_gene_data(open_store(model.mdata), gene, spec, cov)
     device = getattr(model, "device", None) or next(up.parameters()).device
     device = torch.device(device) if str(device) else torch.device("cpu")
-    return AttributionModel(module.eval().to(device), gene_data, device, None, model.mdata)
+    return AttributionModel(module.to(device), gene_data, device, None, model.mdata)
 
 
 def check_batching(batch_size: int, num_workers: int) -> None:

@@ -80,13 +80,19 @@ def run_many(code: Path, data: Path, models: Path, out: Path, device: str, *extr
 
 def reading_seconds(data: Path, models: Path) -> float:
     """One pass over every row of every gene's columns, as run-many reads them (no compute)."""
+    import torch
+
+    from cell2net_attr.data.job_index import DataIndex
     from cell2net_attr.data.rows import SharedRows
     from cell2net_attr.data.store import H5Store
-    from cell2net_attr.pipeline.binding import load_model
+    from cell2net_attr.model.checkpoint import load_checkpoint
+    from cell2net_attr.pipeline.binding import bind
     from cell2net_attr.pipeline.stream import JOB_READ_ROWS
 
     store = H5Store(data)
-    genes = [load_model(ck, store, None, "cov0,cov1", "cpu").data for ck in sorted(models.glob("*.pt"))]
+    index = DataIndex(store)
+    genes = [bind(load_checkpoint(ck), index, ["cov0", "cov1"], torch.device("cpu")).data
+             for ck in sorted(models.glob("*.pt"))]
     reader = SharedRows(genes)
     rows = np.arange(genes[0].n_cells)
     t0 = time.perf_counter()
@@ -99,7 +105,7 @@ def reading_seconds(data: Path, models: Path) -> float:
 
 def hashing_seconds(data: Path) -> float:
     """Seconds to hash the data file, as every job does once for its run identity."""
-    from cell2net_attr.model.checkpoint import file_sha256
+    from cell2net_attr.data.store import file_sha256
 
     t0 = time.perf_counter()
     file_sha256(data)
@@ -131,15 +137,17 @@ def fixed_cost_parts(data: Path, models: Path, device: str) -> dict[str, float]:
     import torch
 
     from cell2net_attr.data.gene_view import load_gene_data
+    from cell2net_attr.data.job_index import DataIndex
     from cell2net_attr.data.store import H5Store
     from cell2net_attr.engines.base import IGParams
     from cell2net_attr.engines.registry import make_engine
     from cell2net_attr.model.checkpoint import load_checkpoint
 
     store = H5Store(data)
+    index = DataIndex(store)
     cks = sorted(models.glob("*.pt"))
     parts: dict[str, float] = {}
-    for rep in range(2):  # the first pass warms the allocator and the store's per-job tables
+    for rep in range(2):  # the first pass warms the allocator and the job's shared tables
         parts = dict.fromkeys(("checkpoint", "module", "gene data", "engine"), 0.0)
         for ck in cks:
             t0 = time.perf_counter()
@@ -147,7 +155,7 @@ def fixed_cost_parts(data: Path, models: Path, device: str) -> dict[str, float]:
             t1 = time.perf_counter()
             module = checkpoint.build_module().to(device)
             t2 = time.perf_counter()
-            gene = load_gene_data(store, checkpoint.gene, checkpoint.spec, ["cov0", "cov1"])
+            gene = load_gene_data(index, checkpoint.gene, checkpoint.spec, ["cov0", "cov1"])
             t3 = time.perf_counter()
             make_engine("fast", module, torch.from_numpy(gene.peak_seq).to(device),
                         torch.from_numpy(gene.peak_dist).to(device), IGParams())

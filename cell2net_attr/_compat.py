@@ -59,6 +59,15 @@ def click_exceptions() -> Any:
     return exceptions
 
 
+def click_context() -> Any:
+    """The click context of the command being run (None outside one)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    return get_current_context(silent=True)
+
+
 def _anndata(name: str) -> Callable:
     import anndata.io  # anndata >= 0.11 (the declared floor)
 

@@ -8,10 +8,19 @@ import numpy as np
 
 from .data.selection import resolve_idx
 from .engines.base import IGParams
-from .pipeline.binding import AttributionModel, as_model, load_model, run_cells
+from .pipeline.binding import AttributionModel, as_model, load_model
+from .pipeline.driver import compute
+from .pipeline.gene_job import JobSpec, Selection, open_job
+from .pipeline.lifecycle import Lifecycle
+from .pipeline.options import RunOptions
 from .pipeline.progress import NullProgress, Progress
+from .pipeline.stream import Blocks
 
 __all__ = ["AttributionModel", "load_model", "tf_attr", "peak_attr", "attribute"]
+
+#: Upstream's ``batch_size`` and ``num_workers`` defaults (its signature); everything else is RunOptions'.
+UPSTREAM_BATCH_SIZE, UPSTREAM_NUM_WORKERS = 4, 1
+_D = RunOptions()
 
 
 def _upstream(target: str, doc: str):
@@ -20,16 +29,16 @@ def _upstream(target: str, doc: str):
     def attr(
         model: Any,
         idx: list[int] | list[str] | str | None = None,
-        batch_size: int = 4,
-        num_workers: int = 1,
-        n_steps: int = 100,
-        multiply_by_inputs: bool = True,
+        batch_size: int = UPSTREAM_BATCH_SIZE,
+        num_workers: int = UPSTREAM_NUM_WORKERS,
+        n_steps: int = _D.n_steps,
+        multiply_by_inputs: bool = _D.multiply_by_inputs,
         *,
-        method: str = "gausslegendre",
-        engine: str = "fast",
-        module_mode: str = "eval",
-        seed: int | None = None,
-        idx_type: str = "auto",
+        method: str = _D.method,
+        engine: str = _D.engine,
+        module_mode: str = _D.module_mode,
+        seed: int | None = _D.seed,
+        idx_type: str = _D.idx_type,
         progress: Progress | None = None,
     ) -> np.ndarray:
         params = IGParams(n_steps, method, multiply_by_inputs, module_mode, seed, target=target)
@@ -60,20 +69,22 @@ def attribute(
     batch_size: int,
     num_workers: int,
     params: IGParams,
-    engine: str = "fast",
-    idx_type: str = "auto",
+    engine: str = _D.engine,
+    idx_type: str = _D.idx_type,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Attributions (and deltas when ``params.return_delta``) held in memory."""
     m = as_model(model)
+    opts = RunOptions(engine=engine, batch_size=batch_size, num_workers=num_workers, n_steps=params.n_steps,
+                      method=params.method, multiply_by_inputs=params.multiply_by_inputs,
+                      module_mode=params.module_mode, seed=params.seed, delta=params.return_delta,
+                      target=params.target)
+    params, info, batch_size = opts.check()
     rows = resolve_idx(idx, m.data.obs_names, idx_type)
-    out = np.empty((len(rows), len(m.features(params.target))), dtype=np.float32)
-    delta = np.empty(len(rows), dtype=np.float32) if params.return_delta else None
-
-    def sink(start: int, a: np.ndarray, d: np.ndarray | None) -> None:
-        out[start : start + len(a)] = a
-        if delta is not None and d is not None:
-            delta[start : start + len(d)] = d
-
-    run_cells(m, rows, params, engine, batch_size, num_workers, sink, progress or NullProgress())
-    return out, delta
+    selection = Selection(rows, "")  # kept in memory: no identity to record
+    spec = JobSpec(params, engine, Blocks.choose(info, batch_size), selection, 0, len(rows))
+    with Lifecycle() as life:
+        job = life.add(open_job(m, spec))
+        compute([job], num_workers, progress or NullProgress())
+        life.finish(job)
+    return job.sink.attr, job.sink.delta

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
 

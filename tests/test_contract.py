@@ -114,7 +114,7 @@ def test_h5_output_layout(upstream, tmp_path):
     assert result.exit_code == 0, result.output
     import h5py
 
-    from cell2net_attr.model.checkpoint import file_sha256
+    from cell2net_attr.data.store import file_sha256
 
     with h5py.File(out) as f:
         assert f["attributions"].shape == (2, 7) and f["attributions"].dtype == np.float32

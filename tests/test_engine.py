@@ -106,7 +106,7 @@ def test_delta_matches_captum_definition(random_model):
 
 def test_riemann_needs_two_steps():
     with pytest.raises(UserError, match="at least 2 steps"):
-        IGParams(1, "riemann_left").validate()
+        IGParams(1, "riemann_left")
 
 
 def test_module_spec_roundtrip():

@@ -811,7 +811,8 @@ def test_output_exists_without_overwrite(case, name):
     ok = invoke(["run", case.ck, case.data, "--covariates", COVARIATES, "-o", target, "--overwrite", "--n-steps", "4",
                  "-q"])
     assert ok.exit_code == 0, ok.stderr
-    assert target.read_bytes() != b"precious" and leftovers(case.out) == [name]
+    sidecar = [f".{name}.run.json"] if name.endswith(".npy") else []  # a .npy's run identity lives beside it
+    assert target.read_bytes() != b"precious" and leftovers(case.out) == sidecar + [name]
 
 
 def test_output_is_a_directory(case):
@@ -927,7 +928,8 @@ def test_npy_output_on_a_file_system_without_fallocate(case, monkeypatch):
     r = invoke(["run", case.ck, case.data, "--covariates", COVARIATES, "-o", case.out / "GENE0.npy", "--n-steps", "4",
                 "-q"])
     assert r.exit_code == 0, r.stderr
-    assert leftovers(case.out) == ["GENE0.npy"] and np.load(case.out / "GENE0.npy").shape == (64, 7)
+    assert leftovers(case.out) == [".GENE0.npy.run.json", "GENE0.npy"]
+    assert np.load(case.out / "GENE0.npy").shape == (64, 7)
 
 
 def test_disk_full_npy_on_flush(case, monkeypatch):

@@ -310,3 +310,4 @@ def test_fuzz_idx_strings(upstream, tmp_path, monkeypatch, seed):
         else:
             assert np.load(target).shape[1] == 7
             target.unlink()
+            (out / ".x.npy.run.json").unlink()  # its run identity, kept beside a .npy

@@ -13,8 +13,11 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cell2net_attr.data.gene_view import load_gene_data, open_store
+from cell2net_attr.data.gene_view import load_gene_data
+from cell2net_attr.data.job_index import DataIndex
+from cell2net_attr.data.rows import SharedRows
 from cell2net_attr.data.selection import read_tokens, resolve_idx, resolve_tokens
+from cell2net_attr.data.store import open_store
 from cell2net_attr.engines.base import IGParams
 from cell2net_attr.engines.registry import make_engine
 from cell2net_attr.errors import UserError
@@ -161,7 +164,7 @@ class Gene:
     def __init__(self, ck_path: Path, data_path: Path, covariates: list[str]):
         self.ck = load_checkpoint(ck_path)
         self.store = open_store(data_path)
-        self.data = load_gene_data(self.store, self.ck.gene, self.ck.spec, covariates)
+        self.data = load_gene_data(DataIndex(self.store), self.ck.gene, self.ck.spec, covariates)
         self.module = self.ck.build_module()
         self.seq = torch.from_numpy(self.data.peak_seq)
         self.dist = torch.from_numpy(self.data.peak_dist)
@@ -196,7 +199,7 @@ def cell_inputs(draw, gene: Gene):
     b = draw(st.integers(1, 12))
     if draw(st.booleans()):
         rows = rng.choice(gene.data.n_cells, size=b, replace=False)
-        batch = gene.data.batch(rows)
+        batch = SharedRows([gene.data]).read(rows)[0]
         acc, tf, cov = batch.peak_acc, batch.tf_exp, batch.covariates
         tf = tf * np.float32(draw(st.sampled_from([0.0, 0.5, 1.0, 3.0, 20.0])))
     else:
@@ -291,5 +294,5 @@ def test_multiply_by_inputs_captum_engine(model):
     rows = [3, 0, 17, 42]
     on = tf_attr(model, rows, batch_size=4, n_steps=8, engine="captum")
     off = tf_attr(model, rows, batch_size=4, n_steps=8, multiply_by_inputs=False, engine="captum")
-    tf = model.data.batch(np.asarray(rows)).tf_exp
+    tf = SharedRows([model.data]).read(np.asarray(rows))[0].tf_exp
     np.testing.assert_allclose(off * tf, on, rtol=1e-5, atol=1e-7)

@@ -110,7 +110,7 @@ def test_resume_with_nothing_to_resume(demo_atlas, tmp_path):
     r = CliRunner().invoke(app, ["run", str(checkpoints[2]), str(data), "--covariates", COVARIATES,
                                  "--out", str(tmp_path / "a.npy"), "--resume"])
     assert r.exit_code == 0 and "nothing to resume" in r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.npy.run.json", "a.npy"]  # the .npy and its run identity
 
 
 def test_resume_refuses_other_delta(slow_run, tmp_path, monkeypatch):

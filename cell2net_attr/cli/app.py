@@ -12,7 +12,6 @@ from .._version import __version__
 from ..errors import EXIT_USER
 from . import attribution_commands as attribution
 from . import downstream_commands as downstream
-from .common import state
 
 
 class _OneLineErrors(TyperGroup):
@@ -39,7 +38,7 @@ class _OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(cls=_OneLineErrors, add_completion=True, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Integrated-Gradients TF attributions for Cell2Net models.")
+                  help="Integrated-Gradients attributions (TFs and peaks) for Cell2Net models, and their summaries.")
 
 
 def _version(value: bool) -> None:
@@ -50,10 +49,11 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
 ) -> None:
-    state["debug"] = debug
+    ctx.obj = {"debug": debug}  # read by common.debugging()
 
 
 app.command()(attribution.run)

@@ -21,7 +21,7 @@ from .common import (
     option,
     plain,
     reported,
-    set_threads,
+    run_options,
     shared_options,
 )
 
@@ -40,13 +40,12 @@ def run(
     from ..pipeline.shards import resolve_shard
 
     with reported():
-        set_threads(opts["threads"])
         t0 = time.monotonic()
         result = run_one(checkpoint, data, run_options(opts, out=out, gene=gene), shard=resolve_shard(opts["shard"]))
         if not opts["quiet"]:
             secs = time.monotonic() - t0
             what = FEATURE_LABEL[plain(opts["target"])]
-            err(f"{result.gene}: {result.n_cells} cells x {result.n_tfs} {what}s in {secs:.2f}s "
+            err(f"{result.gene}: {result.n_cells} cells x {result.n_features} {what}s in {secs:.2f}s "
                  f"({result.n_cells / max(secs, 1e-9):.1f} cells/s, {result.engine} engine on {result.device}) "
                  f"-> {result.path}")
 
@@ -60,28 +59,28 @@ def run_many(
     **opts,
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
-    from ..pipeline.run_many import collect_checkpoints
+    from ..pipeline.run_many import Outcome, collect_checkpoints
     from ..pipeline.run_many import run_many as run_genes
     from ..pipeline.shards import resolve_shard
 
     with reported():
-        set_threads(opts["threads"])
         quiet = opts["quiet"]
         checkpoints = collect_checkpoints(models)
 
         def report(i: int, n: int, o) -> None:
-            if not quiet or o.status == "failed":
-                detail = f": {o.error}" if o.error else f" -> {o.output}" if o.status == "done" else ""
-                err(f"[{i + 1}/{n}] {o.gene} {o.status}{detail}")
+            if not quiet or o.kind.failed:
+                detail = f": {o.error}" if o.error else f" -> {o.output}" if o.kind is Outcome.DONE else ""
+                err(f"[{i + 1}/{n}] {o.gene} {o.kind.status}{detail}")
 
-        outcomes = run_genes(checkpoints, data, out_dir, plain(fmt), run_options(opts), report, resolve_shard(opts["shard"]))
-        counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "busy", "failed")}
+        outcomes = run_genes(checkpoints, data, out_dir, plain(fmt), run_options(opts), report,
+                             resolve_shard(opts["shard"]))
+        counts = {s: sum(o.kind.status == s for o in outcomes) for s in ("done", "skipped", "busy", "failed")}
         if not quiet or counts["failed"]:
             busy = f", {counts['busy']} left to another run" if counts["busy"] else ""
             err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped{busy}, "
                  f"{counts['failed']} failed; report in {out_dir}")
         if counts["failed"]:
-            internal = any(o.error.startswith("internal error") for o in outcomes)
+            internal = any(o.kind is Outcome.INTERNAL_ERROR for o in outcomes)
             raise typer.Exit(EXIT_INTERNAL if internal else EXIT_USER)
 
 
@@ -122,10 +121,3 @@ def inspect(
         if report.get("match") is False:
             raise typer.Exit(EXIT_USER)
 
-
-def run_options(opts: dict, **more):
-    """The pipeline's options from the parsed shared options (and ``more``)."""
-    from ..pipeline.run import RunOptions
-
-    fields = RunOptions.__dataclass_fields__
-    return RunOptions(**{k: plain(v) for k, v in {**opts, **more}.items() if k in fields})

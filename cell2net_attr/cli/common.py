@@ -15,12 +15,13 @@ from typing import Optional
 
 import typer
 
+from .._compat import click_context
 from ..data.selection import IDX_TYPES
 from ..engines.base import METHODS, MODULE_MODES, TARGETS
 from ..engines.registry import ENGINES
-from ..errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError
-
-state = {"debug": False}
+from ..errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError, first_line
+from ..io.schema import FORMAT_NAMES
+from ..pipeline.options import RunOptions
 
 #: Library parameters whose flag is not ``--`` + the name with dashes.
 FLAGS = {"fmt": "--format", "out_dir": "--out-dir"}
@@ -28,6 +29,13 @@ FLAGS = {"fmt": "--format", "out_dir": "--out-dir"}
 
 def err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def debugging() -> bool:
+    """Whether ``--debug`` was given (kept in the root command's context object)."""
+    ctx = click_context()
+    obj = ctx.find_root().obj if ctx is not None else None
+    return bool(isinstance(obj, dict) and obj.get("debug"))
 
 
 @contextlib.contextmanager
@@ -39,7 +47,7 @@ def reported() -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        if state["debug"]:  # the whole chain of causes, then the same one line and exit code as without
+        if debugging():  # the whole chain of causes, then the same one line and exit code as without
             traceback.print_exc(file=sys.stderr)
         err(f"error: {exc.describe(FLAGS)}")
         raise typer.Exit(EXIT_USER) from None
@@ -52,10 +60,9 @@ def reported() -> Iterator[None]:
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence
-        if state["debug"]:
+        if debugging():
             raise
-        err(f"internal error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-             f" (rerun with --debug for a traceback)")
+        err(f"internal error: {type(exc).__name__}: {first_line(exc)} (rerun with --debug for a traceback)")
         raise typer.Exit(EXIT_INTERNAL) from None
     finally:
         warnings.showwarning = shown
@@ -74,14 +81,6 @@ def on_sigterm():
     return signal.signal(signal.SIGTERM, handler)
 
 
-def set_threads(threads: Optional[int]) -> None:
-    """``--threads`` (or ``$SLURM_CPUS_PER_TASK``, read by the option) for torch."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def choices(name: str, values) -> type[Enum]:
     """A str Enum of ``values``, so that help lists them and shell completion offers them."""
     return Enum(name, {v: v for v in values}, type=str)
@@ -91,7 +90,7 @@ IdxType = choices("IdxType", IDX_TYPES)
 Method = choices("Method", METHODS)
 Engine = choices("Engine", ENGINES)
 ModuleMode = choices("ModuleMode", MODULE_MODES)
-OutputFormat = choices("OutputFormat", ("h5", "h5ad", "npy"))
+OutputFormat = choices("OutputFormat", FORMAT_NAMES)
 Target = choices("Target", TARGETS)
 
 
@@ -100,42 +99,54 @@ def plain(value):
     return value.value if isinstance(value, Enum) else value
 
 
+def run_options(opts: dict, **more) -> RunOptions:
+    """The pipeline's options from the parsed shared options (and ``more``); ``shard`` is not one of them."""
+    values = {k: plain(v) for k, v in {**opts, **more}.items() if k != "shard"}
+    return RunOptions.from_mapping(values)
+
+
+_D = RunOptions()  # every default below is RunOptions'
+
 # Options shared by `run` and `run-many`: (type, option), defined once and given to both by `shared_options`.
 OPT = {
-    "covariates": (Optional[str], typer.Option(None, help="Covariate obs columns in the model's order, 'a,b'.")),
-    "idx": (Optional[str], typer.Option(None, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE (@- = stdin).")),
-    "target": (Target, typer.Option("tfs", help="What to attribute: TF expression (upstream tf_attr) or peak "
-                                                "accessibility (upstream peak_attr).")),
-    "where": (Optional[str], typer.Option(None, help="Only cells whose obs row satisfies this comparison of columns, "
-                                                     "e.g. \"celltype == 'Mono' and n_counts > 1000\" (with --idx: "
-                                                     "both, in --idx order).")),
-    "idx_type": (IdxType, typer.Option("auto", help="How to read --idx tokens.")),
-    "n_steps": (int, typer.Option(100, min=1, help="Integration steps.")),
-    "method": (Method, typer.Option("gausslegendre", help="captum's quadrature, or exact (closed form, fast engine).")),
-    "multiply_by_inputs": (bool, typer.Option(True, "--multiply-by-inputs/--no-multiply-by-inputs",
+    "covariates": (Optional[str], typer.Option(_D.covariates, help="Covariate obs columns in the model's order, "
+                                                                   "'a,b'.")),
+    "idx": (Optional[str], typer.Option(_D.idx, help="Cells: '0,5,9', '0:100', '-1', obs names, or @FILE "
+                                                     "(@- = stdin).")),
+    "target": (Target, typer.Option(_D.target, help="What to attribute: TF expression (upstream tf_attr) or peak "
+                                                    "accessibility (upstream peak_attr).")),
+    "where": (Optional[str], typer.Option(_D.where, help="Only cells whose obs row satisfies this comparison of "
+                                                         "columns, e.g. \"celltype == 'Mono' and n_counts > 1000\" "
+                                                         "(with --idx: both, in --idx order).")),
+    "idx_type": (IdxType, typer.Option(_D.idx_type, help="How to read --idx tokens.")),
+    "n_steps": (int, typer.Option(_D.n_steps, min=1, help="Integration steps.")),
+    "method": (Method, typer.Option(_D.method, help="captum's quadrature, or exact (closed form, fast engine).")),
+    "multiply_by_inputs": (bool, typer.Option(_D.multiply_by_inputs, "--multiply-by-inputs/--no-multiply-by-inputs",
                                               help="Multiply integrated gradients by the input (global attribution).")),
-    "engine": (Engine, typer.Option("fast", help="fast, or captum (the reference, as upstream runs it).")),
-    "module_mode": (ModuleMode, typer.Option("eval", help="eval (upstream 0.13), or train (stochastic; captum "
-                                                          "engine only).")),
-    "seed": (Optional[int], typer.Option(None, help="Random seed for --module-mode train.")),
-    "batch_size": (Optional[int], typer.Option(None, min=1, show_default="256 fast, 4 captum",
+    "engine": (Engine, typer.Option(_D.engine, help="fast, or captum (the reference, as upstream runs it).")),
+    "module_mode": (ModuleMode, typer.Option(_D.module_mode, help="eval (upstream 0.13), or train (stochastic; "
+                                                                  "captum engine only).")),
+    "seed": (Optional[int], typer.Option(_D.seed, help="Random seed for --module-mode train.")),
+    "batch_size": (Optional[int], typer.Option(_D.batch_size, min=1, show_default="256 fast, 4 captum",
                                                help="Cells per batch handed to captum; the fast engine reads and "
                                                     "computes in blocks of its own size, at least this.")),
-    "num_workers": (int, typer.Option(1, min=0, help="Background threads reading batches ahead (0 = none).")),
-    "device": (str, typer.Option("auto", help="auto, cpu, cuda or cuda:N.")),
-    "threads": (Optional[int], typer.Option(None, min=1, envvar="SLURM_CPUS_PER_TASK", show_envvar=True,
+    "num_workers": (int, typer.Option(_D.num_workers, min=0, help="Background threads reading batches ahead "
+                                                                  "(0 = none).")),
+    "device": (str, typer.Option(_D.device, help="auto, cpu, cuda or cuda:N.")),
+    "threads": (Optional[int], typer.Option(_D.threads, min=1, envvar="SLURM_CPUS_PER_TASK", show_envvar=True,
                                             show_default="torch's own", help="Torch CPU threads.")),
-    "delta": (bool, typer.Option(False, "--delta", help="Also store the per-cell convergence delta (HDF5).")),
-    "overwrite": (bool, typer.Option(False, "--overwrite", help="Replace existing output.")),
-    "rna_mod": (str, typer.Option("rna", help="RNA modality name.")),
-    "atac_mod": (str, typer.Option("atac", help="ATAC modality name.")),
-    "hdf5_locking": (Optional[bool], typer.Option(None, "--hdf5-locking/--no-hdf5-locking",
+    "delta": (bool, typer.Option(_D.delta, "--delta", help="Also store the per-cell convergence delta (HDF5).")),
+    "overwrite": (bool, typer.Option(_D.overwrite, "--overwrite", help="Replace existing output.")),
+    "rna_mod": (str, typer.Option(_D.rna_mod, help="RNA modality name.")),
+    "atac_mod": (str, typer.Option(_D.atac_mod, help="ATAC modality name.")),
+    "hdf5_locking": (Optional[bool], typer.Option(_D.hdf5_locking, "--hdf5-locking/--no-hdf5-locking",
                                                   help="HDF5 file locking (turn off on network file systems).")),
-    "chunk_rows": (Optional[int], typer.Option(None, min=1, envvar="CELL2NET_ATTR_CHUNK_ROWS", show_envvar=True,
-                                               show_default="up to 16384, sized to memory",
+    "chunk_rows": (Optional[int], typer.Option(_D.chunk_rows, min=1, envvar="CELL2NET_ATTR_CHUNK_ROWS",
+                                               show_envvar=True, show_default="up to 16384, sized to memory",
                                                help="Cells per saved chunk (what --resume keeps after a kill).")),
-    "quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress and no summary.")),
-    "resume": (bool, typer.Option(False, "--resume", help="Continue an interrupted run from its last saved chunk.")),
+    "quiet": (bool, typer.Option(_D.quiet, "--quiet", "-q", help="No progress and no summary.")),
+    "resume": (bool, typer.Option(_D.resume, "--resume", help="Continue an interrupted run from its last saved "
+                                                             "chunk.")),
     "shard": (Optional[str], typer.Option(None, show_default="from SLURM_ARRAY_TASK_* in a job array, else none",
                                           help="K/N: compute contiguous part K (0-based) of N.")),
 }

@@ -10,15 +10,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import UserError
+from .store import CellNames, Store
 
-if TYPE_CHECKING:
-    from .gene_view import Batch, GeneData
+
+@dataclass
+class Batch:
+    """Per-cell inputs of one batch, float32, rows in the requested order."""
+
+    peak_acc: np.ndarray
+    tf_exp: np.ndarray
+    covariates: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.tf_exp)
+
+    def rows(self, part: slice) -> Batch:
+        """The batch's rows ``part``."""
+        return Batch(self.peak_acc[part], self.tf_exp[part], self.covariates[part])
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,20 @@ class _Source:
         return out
 
 
+class RowInputs(Protocol):
+    """What :class:`SharedRows` needs of a gene's view (a :class:`~cell2net_attr.data.gene_view.GeneData`)."""
+
+    store: Store
+    names: CellNames
+    peaks: list[str]
+    tfs: list[str]
+    acc_input: MatrixInput
+    tf_input: MatrixInput
+    source: str
+
+    def covariate_rows(self, rows: np.ndarray) -> np.ndarray: ...
+
+
 class SharedRows:
     """The per-cell inputs (accessibility, TF expression, covariates) of several genes of one data file.
 
@@ -68,7 +96,7 @@ class SharedRows:
         Gene views of one store; their matrices are grouped by element and row order.
     """
 
-    def __init__(self, genes: Sequence[GeneData]) -> None:
+    def __init__(self, genes: Sequence[RowInputs]) -> None:
         if not genes:
             raise ValueError("no genes")
         self.genes = list(genes)
@@ -89,8 +117,6 @@ class SharedRows:
         With ``strict`` false, a gene whose inputs are not finite gets its :class:`UserError` in place
         of a batch, so that the other genes go on.
         """
-        from .gene_view import Batch
-
         rows = np.asarray(rows, dtype=np.int64)
         parts: list[list[np.ndarray | None]] = [[None, None] for _ in self.genes]
         for source, members in self._sources:
@@ -109,7 +135,7 @@ class SharedRows:
         return batches
 
 
-def check_finite(batch: Batch, gene: GeneData, rows: np.ndarray) -> None:
+def check_finite(batch: Batch, gene: RowInputs, rows: np.ndarray) -> None:
     """NaN or Inf among a gene's inputs is the data's fault: name the cell and the column."""
     for what, arr, cols in (("accessibility", batch.peak_acc, gene.peaks), ("TF expression", batch.tf_exp, gene.tfs)):
         if not np.isfinite(arr.sum()):  # one reduction in the common case

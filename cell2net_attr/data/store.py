@@ -8,6 +8,7 @@ small elements whole, matrices by rows, so a large file is never loaded whole.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -60,26 +61,12 @@ class CellNames:
         return self._read_slice(uniq, None)[inverse]
 
 
-class _Memo:
-    """What both stores share: a cache for the life of the store."""
-
-    _cache: dict
-
-    def memo(self, key: Any, compute):
-        """``compute()`` once per key for the life of the store: what every gene of a job shares (row maps,
-        covariates, cell names) is derived once."""
-        if ("memo", key) not in self._cache:
-            self._cache[("memo", key)] = compute()
-        return self._cache[("memo", key)]
-
-
-class H5Store(_Memo):
+class H5Store:
     """Read-only access to an ``.h5mu`` file through h5py and anndata's element readers."""
 
     def __init__(self, path: str | Path, locking: bool | None = None) -> None:
         self.path = Path(path)
         self.source = str(path)
-        self._cache: dict = {}
         if not self.path.exists():
             raise UserError("data file not found", path)
         if self.path.is_dir():
@@ -109,11 +96,9 @@ class H5Store(_Memo):
             return False
 
     def read(self, key: str) -> Any:
-        """Read a small element whole (DataFrame, array, string list); memoised, as the same
-        tables (``peak_to_gene``, ``gene_tf``) serve every gene of a run."""
-        if key not in self._cache:
-            self._cache[key] = self._guard(key, lambda: read_elem(self._file[key]))
-        return self._cache[key]
+        """Read a small element whole (DataFrame, array, string list). What every gene of a job shares
+        is read once, by :class:`~cell2net_attr.data.job_index.DataIndex`."""
+        return self._guard(key, lambda: read_elem(self._file[key]))
 
     def _index_dataset(self, key: str):
         group = self._file[key]
@@ -134,7 +119,7 @@ class H5Store(_Memo):
             return np.asarray(values, dtype=object)
 
         return CellNames(ds.shape[0], lambda a, b: self._guard(key, lambda: read(a, b)),
-                         lambda: self.index(key, cache=False))
+                         lambda: self.index(key))
 
     def index_matches(self, key: str, names: CellNames, chunk: int = 65536) -> bool:
         """Whether a dataframe's index equals ``names``, compared slice by slice (bounded memory)."""
@@ -149,12 +134,8 @@ class H5Store(_Memo):
 
         return self._guard(key, _compare)
 
-    def index(self, key: str, cache: bool = True) -> pd.Index:
-        """The index of a dataframe element (``obs``, ``mod/rna/var``...), memoised unless ``cache``
-        is false (an index read once)."""
-        if ("index", key) in self._cache:
-            return self._cache[("index", key)]
-
+    def index(self, key: str) -> pd.Index:
+        """The index of a dataframe element (``obs``, ``mod/rna/var``...)."""
         def _read() -> pd.Index:
             group = self._file[key]
             name = group.attrs["_index"]
@@ -163,10 +144,7 @@ class H5Store(_Memo):
                 values = values.astype(str)  # bytes or numbers: normalise (object str arrays need no copy)
             return pd.Index(values, dtype=object)
 
-        index = self._guard(key, _read)
-        if cache:
-            self._cache[("index", key)] = index
-        return index
+        return self._guard(key, _read)
 
     def column(self, key: str, name: str) -> Any:
         """One column of a dataframe element, as a pandas Series-like array."""
@@ -260,13 +238,12 @@ def _take_rows(matrix, sorted_rows: np.ndarray):
     return matrix[unique][inverse]
 
 
-class MemoryStore(_Memo):
+class MemoryStore:
     """The same questions answered from an in-memory ``MuData`` (an upstream model's ``.mdata``)."""
 
     def __init__(self, mdata: Any, source: str = "<in-memory MuData>") -> None:
         self.mdata = mdata
         self.source = source
-        self._cache: dict = {}
 
     def close(self) -> None:
         """Nothing to close."""
@@ -303,7 +280,7 @@ class MemoryStore(_Memo):
         """The element itself."""
         return self._guard(key, lambda: self._resolve(key))
 
-    def index(self, key: str, cache: bool = True) -> pd.Index:
+    def index(self, key: str) -> pd.Index:
         """Index of a dataframe element."""
         return self._guard(key, lambda: pd.Index(self._resolve(key).index.astype(str)))
 
@@ -345,3 +322,23 @@ class MemoryStore(_Memo):
 
 
 Store = H5Store | MemoryStore
+
+
+def open_store(data: str | Path | object, locking: bool | None = None) -> Store:
+    """A store over an ``.h5mu`` path or an in-memory MuData (an open store is returned as is)."""
+    if isinstance(data, (H5Store, MemoryStore)):
+        return data
+    if isinstance(data, (str, Path)):
+        return H5Store(data, locking=locking)
+    if hasattr(data, "mod") and hasattr(data, "obs"):
+        return MemoryStore(data)
+    raise UserError(f"data must be an .h5mu path or a MuData object, got {type(data).__name__}")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (a data file's part of a run's identity)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

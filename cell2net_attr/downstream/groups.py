@@ -48,7 +48,7 @@ class Groups:
 def read_groups(data: str | Path | object, column: str) -> Groups:
     """The groups of obs column ``column`` of an ``.h5mu`` path or MuData, ordered as documented above."""
     from ..data.covariates import suggest
-    from ..data.gene_view import open_store
+    from ..data.store import open_store
 
     store = open_store(data)
     try:

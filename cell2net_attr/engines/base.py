@@ -48,10 +48,6 @@ class IGParams:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise UserError(f"must be an integer, got {self.seed!r}", param="seed")
 
-    def validate(self) -> IGParams:
-        """The parameters (already checked when they were made)."""
-        return self
-
 
 class Engine(Protocol):
     """Attributions for one gene's module, batch by batch."""

@@ -73,12 +73,6 @@ class OutputLock:
         except OSError:
             pass
 
-    def __enter__(self) -> OutputLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
     def _holder(self) -> tuple[str, bool]:
         """Who holds the lock, and whether that holder is gone."""
         try:

@@ -1,4 +1,5 @@
-"""The one reader of our own attribution outputs: HDF5 (``.h5``/``.hdf5``) and AnnData (``.h5ad``)."""
+"""The reader of our own attribution outputs for the downstream commands: HDF5 (``.h5``/``.hdf5``) and AnnData
+(``.h5ad``), checked; their headers and rows come through the format registry (:mod:`.formats`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pandas as pd
 
 from .._compat import read_elem
 from ..errors import UserError, first_line
-from .schema import ATTRIBUTIONS, DELTA, FEATURE_LABEL, FEATURE_NAMES, OBS_NAMES, UNS_KEY
+from .formats import format_of, read_header, read_matrix
+from .layouts import index_names
+from .schema import FEATURE_LABEL, FEATURE_NAMES
 
 
 @dataclass
@@ -27,76 +30,6 @@ class Attributions:
     target: str = "tfs"
 
 
-def _strings(values: np.ndarray) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def _index_names(frame: h5py.Group) -> list[str]:
-    """The index of an AnnData dataframe group (``obs``, ``var``) as strings."""
-    return _strings(np.asarray(read_elem(frame[frame.attrs["_index"]])))
-
-
-@dataclass
-class Header:
-    """What an attribution file says about itself, without its matrix: format, attributes (the run's
-    parameters), cell and feature names, rows stored, and whether it holds convergence deltas."""
-
-    path: Path
-    fmt: str
-    attrs: dict
-    obs: list[str]
-    features: list[str]
-    n_rows: int
-    has_delta: bool
-
-
-def read_header(path: str | Path) -> Header:
-    """The header of an HDF5 (``.h5``/``.hdf5``) or AnnData (``.h5ad``) attribution file; the matrix is
-    only measured. Raises :class:`UserError` when the file is unreadable or not one of ours."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            return _header_h5ad(f, path) if path.suffix.lower() == ".h5ad" else _header_h5(f, path)
-    except OSError as exc:
-        raise UserError(f"not a readable HDF5 file ({first_line(exc, 120)})", path) from exc
-    except (KeyError, ValueError, TypeError) as exc:  # a damaged or foreign layout
-        raise UserError(f"cannot read the attribution file ({first_line(exc, 120)})", path) from exc
-
-
-def _header_h5(f: h5py.File, path: Path) -> Header:
-    attrs = dict(f.attrs)
-    names = FEATURE_NAMES.get(str(attrs.get("target", "tfs")), FEATURE_NAMES["tfs"])
-    missing = [k for k in (ATTRIBUTIONS, OBS_NAMES, names) if k not in f]
-    if missing:
-        raise UserError(f"not a cell2net-attr attribution file: no {missing[0]!r} dataset", path)
-    return Header(path, "h5", attrs, _strings(f[OBS_NAMES][()]), _strings(f[names][()]), f[ATTRIBUTIONS].shape[0],
-                  DELTA in f)
-
-
-def _header_h5ad(f: h5py.File, path: Path) -> Header:
-    missing = [k for k in ("X", "obs", "var") if k not in f]
-    if missing:
-        raise UserError(f"not an AnnData attribution file: no {missing[0]!r}", path)
-    try:
-        obs, var = _index_names(f["obs"]), _index_names(f["var"])
-        meta = read_elem(f[f"uns/{UNS_KEY}"]) if f"uns/{UNS_KEY}" in f else {}
-        x = f["X"]  # a dataset, or a group when X is stored sparse (its shape is an attribute)
-        n_rows = int(x.attrs["shape"][0]) if isinstance(x, h5py.Group) else x.shape[0]
-        return Header(path, "h5ad", dict(meta) if isinstance(meta, dict) else {}, obs, var, n_rows, DELTA in f["obs"])
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"cannot read the AnnData file ({first_line(exc, 120)})", path) from exc
-
-
-def _read_matrix(header: Header) -> np.ndarray:
-    """The attribution matrix of the file ``header`` describes, as float32."""
-    try:
-        with h5py.File(header.path, "r") as f:
-            x = f[ATTRIBUTIONS][()] if header.fmt == "h5" else read_elem(f["X"])
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"cannot read the attributions ({first_line(exc, 120)})", header.path) from exc
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32)
-
-
 def read_attributions(path: str | Path) -> Attributions:
     """Read and check one attribution file written by ``cell2net-attr run``: HDF5 (``.h5``/``.hdf5``) or
     AnnData (``.h5ad``: ``X`` cells x TFs, ``var`` = TFs, the run's parameters in ``uns["cell2net_attr"]``).
@@ -106,7 +39,7 @@ def read_attributions(path: str | Path) -> Attributions:
     """
     header = read_header(path)
     path, obs, tfs, meta = header.path, header.obs, header.features, header.attrs
-    values = _read_matrix(header)
+    values = read_matrix(header)
     gene = meta.get("gene", path.stem)
     gene = gene.decode() if isinstance(gene, bytes) else str(gene)
     target = meta.get("target", "tfs")
@@ -134,7 +67,7 @@ def read_attributions(path: str | Path) -> Attributions:
 def read_obs_columns(path: str | Path) -> list[str]:
     """The ``obs`` columns an AnnData attribution file carries (none for HDF5 outputs)."""
     path = Path(path)
-    if path.suffix.lower() != ".h5ad":
+    if format_of(path).name != "h5ad":
         return []
     try:
         with h5py.File(path, "r") as f:
@@ -148,7 +81,7 @@ def read_obs_column(path: str | Path, column: str) -> pd.Series:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
-            names, values = _index_names(f["obs"]), read_elem(f["obs"][column])
+            names, values = index_names(f["obs"]), read_elem(f["obs"][column])
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read obs column {column!r} ({first_line(exc, 120)})",
                         path) from exc

@@ -8,7 +8,8 @@ One home for what `run` writes, `--resume` compares, `merge` checks and the read
   ``encoding-type`` :data:`ENCODING_TYPE` and ``encoding-version`` :data:`ENCODING_VERSION`.
 * AnnData (``.h5ad``): ``X`` = attributions, ``var`` = the features, ``obs`` = the cells (with
   ``convergence_delta``), the same attributes in ``uns[UNS_KEY]``.
-* ``.npy``: the matrix alone (no names, so it cannot be sharded or merged).
+* ``.npy``: the matrix alone (no names, so it cannot be sharded or merged); its identity and provenance
+  in a hidden sidecar beside it (:func:`identity_sidecar`), so that a rerun can tell which run made it.
 
 :class:`RunIdentity` holds everything that changes what is stored: two outputs, a resumed run and
 its saved chunks, or the shards of one run belong together only when their identities are equal.
@@ -34,11 +35,16 @@ FEATURE_LABEL = {"tfs": "TF", "peaks": "peak"}
 #: The name of an AnnData output's ``var`` index, by target (also the feature column of summary tables).
 VAR_INDEX_NAME = {"tfs": "tf", "peaks": "peak"}
 UNS_KEY = "cell2net_attr"
+#: The encoding attributes anndata expects on an ``.h5ad`` file's root and on a dense ``X``.
+ANNDATA_ENCODING = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
+ARRAY_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
 
-#: Output suffixes and the format each names.
+#: Output suffixes and the format each names (the one list: the registry in :mod:`.formats` and the
+#: command line's ``--format`` choices derive from it).
+SUFFIXES = {".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad", ".npy": "npy"}
+FORMAT_NAMES = tuple(dict.fromkeys(SUFFIXES.values()))
 #: Why ``.npy`` outputs cannot be shards: ``merge`` joins rows by cell name, which ``.npy`` does not carry.
 NPY_CANNOT_MERGE = ".npy outputs have no cell names and cannot be merged; shard into .h5 or .h5ad"
-FORMATS = {".npy": "npy", ".h5": "h5", ".hdf5": "h5", ".h5ad": "h5ad"}
 
 #: Attributes that say where and by what an output was made; they may differ between shards and resumes.
 PROVENANCE = ("device", "tool", "tool_version", "checkpoint", "data", "data_layout", "merged_from")
@@ -74,6 +80,15 @@ class RunIdentity:
         """Names of the fields that differ from ``other``'s."""
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
+    def first_difference(self, other: RunIdentity) -> tuple[str, str, str] | None:
+        """The first field that differs from ``other``'s as message text: its label, this value, ``other``'s
+        (digests shortened); None when the identities are equal."""
+        differ = self.differences(other)
+        if not differ:
+            return None
+        key = differ[0]
+        return IDENTITY_LABELS.get(key, key), _shown(getattr(self, key)), _shown(getattr(other, key))
+
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], source: str | Path, has_delta: bool = False,
                    fmt: str = "h5") -> RunIdentity:
@@ -101,6 +116,23 @@ class RunIdentity:
         return cls(**kwargs)
 
 
+#: How a run-identity field is named in messages, where its bare name would not say what differs.
+IDENTITY_LABELS = {"checkpoint_sha256": "checkpoint (sha256)", "data_sha256": "data file (sha256)",
+                   "selection_sha256": "selected cells (sha256 of their names)", "n_rows_total": "number of cells",
+                   "covariates": "covariates", "shard_count": "number of shards"}
+
+
+def _shown(value: Any) -> str:
+    """A field's value as a message shows it (digests shortened)."""
+    text = str(value) if value != "" else "none"
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def identity_sidecar(path: Path) -> Path:
+    """Where a ``.npy`` output's identity is kept: ``.<name>.run.json`` beside it."""
+    return Path(path).with_name(f".{Path(path).name}.run.json")
+
+
 def output_attrs(identity: RunIdentity, shard_index: int, row_start: int, provenance: dict[str, Any]) -> dict:
     """Every attribute an output carries: encoding, identity, shard place and provenance."""
     unknown = sorted(set(provenance) - set(PROVENANCE))
@@ -108,14 +140,6 @@ def output_attrs(identity: RunIdentity, shard_index: int, row_start: int, proven
         raise ValueError(f"not provenance keys: {unknown}")
     return {"encoding-type": ENCODING_TYPE, "encoding-version": ENCODING_VERSION, **identity.attrs(),
             "shard_index": int(shard_index), "row_start": int(row_start), **provenance}
-
-
-def output_format(path: Path) -> str:
-    """The format named by an output's suffix."""
-    fmt = FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise UserError(f"unknown output format '{Path(path).suffix}', use {', '.join(FORMATS)}", path)
-    return fmt
 
 
 def _plain(value: Any) -> Any:

@@ -1,14 +1,16 @@
-"""Output writers: ``.npy`` and HDF5, written under a temporary name and renamed when complete.
+"""Output writers: ``.npy``, HDF5 and AnnData, written under a temporary name and renamed when complete.
 
 A writer is opened with the final shape, receives row blocks in any order with
 :meth:`write`, and is either committed (atomic rename into place) or aborted (the
-temporary file is removed). Nothing partial is ever left at the final path.
+temporary file is removed). Nothing partial is ever left at the final path. Which writer a path
+gets is the format registry's choice (:mod:`cell2net_attr.io.formats`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -22,17 +24,18 @@ import pandas as pd
 from .._compat import write_elem
 from ..errors import UserError, first_line
 from .schema import (
+    ANNDATA_ENCODING,
+    ARRAY_ENCODING,
     ATTRIBUTIONS,
     DELTA,
     FEATURE_NAMES,
     OBS_NAMES,
     UNS_KEY,
     VAR_INDEX_NAME,
-    output_format,
+    identity_sidecar,
 )
 
 NAME_BLOCK = 65536  # cell names written per block
-
 
 
 class Writer(Protocol):
@@ -45,16 +48,6 @@ class Writer(Protocol):
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
-
-
-
-def check_output(path: Path, overwrite: bool, inputs: list[Path], delta: bool = False) -> str:
-    """Validate an attribution output path before any work (it can store deltas when asked); returns its format."""
-    fmt = output_format(path)
-    check_output_path(path, overwrite, inputs)
-    if delta and fmt == "npy":
-        raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", path)
-    return fmt
 
 
 def check_output_path(path: Path, overwrite: bool, inputs=()) -> None:
@@ -134,13 +127,26 @@ class _TempFileWriter:
 
 
 class NpyWriter(_TempFileWriter):
-    """float32 cells x TFs ``.npy`` through a memory map."""
+    """float32 cells x features ``.npy`` through a memory map. The array cannot carry the run's identity,
+    so it goes to a hidden sidecar (:func:`~cell2net_attr.io.schema.identity_sidecar`), written first at
+    commit: a rerun can then tell which run an existing ``.npy`` is from."""
 
-    def __init__(self, path: Path, n_rows: int, n_cols: int) -> None:
+    def __init__(self, path: Path, n_rows: int, n_cols: int, meta: dict | None = None) -> None:
         super().__init__(path)
+        self._meta = meta
         with _io_errors(path, self.abort):
             self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_cols))
             _reserve(self.tmp)
+
+    def commit(self) -> None:
+        """The array, then its identity sidecar, each moved into place atomically (a failed array leaves
+        neither; an array whose sidecar is missing is refused by a rerun, never taken for done)."""
+        if self._meta is None:
+            return super().commit()
+        sidecar = identity_sidecar(self.path)
+        with atomic_output(sidecar) as tmp:
+            tmp.write_text(json.dumps({k: plain_value(v) for k, v in self._meta.items()}, sort_keys=True))
+            super().commit()
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows."""
@@ -169,8 +175,8 @@ def _reserve(path: Path) -> None:
 
 
 class H5Writer(_TempFileWriter):
-    """HDF5 with ``attributions``, ``obs_names``, the feature names (TFs or peaks), optional
-    ``convergence_delta``, and the metadata as attributes."""
+    """HDF5 with ``attributions`` (cells x features), ``obs_names``, the feature names (TFs or peaks),
+    optional ``convergence_delta``, and the metadata as attributes."""
 
     def __init__(self, path: Path, obs_names: Sequence[str], features: list[str], meta: dict,
                  with_delta: bool, locking: bool | None = None) -> None:
@@ -206,8 +212,8 @@ class H5Writer(_TempFileWriter):
 
 
 class H5adWriter(_TempFileWriter):
-    """AnnData ``.h5ad``: ``X`` cells x TFs (filled block by block), ``obs`` of the selected cells,
-    ``var`` indexed by TF names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
+    """AnnData ``.h5ad``: ``X`` cells x features (filled block by block), ``obs`` of the selected cells,
+    ``var`` indexed by the feature names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
     the convergence delta, when asked, is ``obs["convergence_delta"]``."""
 
     def __init__(self, path: Path, obs: pd.DataFrame, features: list[str], meta: dict, with_delta: bool,
@@ -218,9 +224,9 @@ class H5adWriter(_TempFileWriter):
         self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
         with _io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
-            self._f.attrs["encoding-type"], self._f.attrs["encoding-version"] = "anndata", "0.1.0"
+            self._f.attrs.update(ANNDATA_ENCODING)
             self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
-            self._x.attrs["encoding-type"], self._x.attrs["encoding-version"] = "array", "0.2.0"
+            self._x.attrs.update(ARRAY_ENCODING)
             label = VAR_INDEX_NAME[meta.get("target", "tfs")]
             write_elem(self._f, "var", pd.DataFrame(index=pd.Index(features, name=label)))
             write_elem(self._f, "uns", {UNS_KEY: {k: plain_value(v) for k, v in meta.items()}})
@@ -256,32 +262,39 @@ def plain_value(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def open_writer(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
-                locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
-    """A writer for ``path``'s format (already validated by :func:`check_output`).
-
-    ``obs_table`` supplies the selected cells' obs for AnnData output.
-    """
+def open_npy(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
+             locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
+    """A ``.npy`` writer (the matrix alone; the identity in its sidecar)."""
     n, t = len(obs_names), len(features)
-    if output_format(path) == "npy":
-        _check_space(path, n * t * 4 + 4096)
-        return NpyWriter(path, n, t)
-    if output_format(path) == "h5ad":
-        index = pd.Index([str(o) for o in obs_names[0 : len(obs_names)]])  # AnnData obs is whole anyway
-        obs = obs_table() if obs_table is not None else pd.DataFrame(index=index)
-        obs.index = index
-        _check_space(path, n * t * 4 + n * (8 * obs.shape[1] + 48) + (64 << 10))
-        return H5adWriter(path, obs, features, meta, with_delta, locking)
+    check_space(path, n * t * 4 + 4096)
+    return NpyWriter(path, n, t, meta)
+
+
+def open_h5(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
+            locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
+    """An HDF5 writer, after checking that the disk can hold the output."""
+    n, t = len(obs_names), len(features)
     chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
     rows = -(-n // chunk) * chunk
     sample = obs_names[0:1000]  # name sizes estimated from a sample
     names = sum(len(str(s).encode()) + 16 for s in sample) * n // max(len(sample), 1)
     names += sum(len(str(s).encode()) + 16 for s in features)
-    _check_space(path, rows * t * 4 + (rows * 4 if with_delta else 0) + names + (32 << 10))
+    check_space(path, rows * t * 4 + (rows * 4 if with_delta else 0) + names + (32 << 10))
     return H5Writer(path, obs_names, features, meta, with_delta, locking)
 
 
-def _check_space(path: Path, needed: int) -> None:
+def open_h5ad(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
+              locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
+    """An AnnData writer; ``obs_table`` supplies the selected cells' obs (their names alone without it)."""
+    n, t = len(obs_names), len(features)
+    index = pd.Index([str(o) for o in obs_names[0:n]])  # AnnData obs is whole anyway
+    obs = obs_table() if obs_table is not None else pd.DataFrame(index=index)
+    obs.index = index
+    check_space(path, n * t * 4 + n * (8 * obs.shape[1] + 48) + (64 << 10))
+    return H5adWriter(path, obs, features, meta, with_delta, locking)
+
+
+def check_space(path: Path, needed: int) -> None:
     """Refuse up front an output the disk cannot hold: HDF5 does not survive running out of space
     mid-file (it crashes when the process exits)."""
     try:

@@ -15,16 +15,11 @@ and the output is (B, 1), the log-rate of a Poisson.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# Even kernel sizes with padding="same" make torch warn about an internal padded copy;
-# that is a performance note for the library author, not something a user can act on.
-warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
 
 #: Upstream hard-codes these; they are not recoverable from shapes.
 N_HEADS = 4
@@ -90,9 +85,19 @@ class SeqEncoder(nn.Module):
             stages.append(nn.Sequential(nn.Conv2d(c_out, c_out, kernel_size=(1, 1)), nn.ELU()))
         self.conv_tower = nn.ModuleList(stages)
 
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem convolution, ``padding="same"``. For an even kernel torch pads asymmetrically (one more
+        on the right) through a padded copy and warns about it; the same padding is done here explicitly,
+        with the same result and no warning."""
+        conv = self.stem_conv[0]
+        k = conv.kernel_size[1]
+        if k % 2:
+            return conv(x)
+        return F.conv2d(F.pad(x, ((k - 1) // 2, k // 2)), conv.weight, conv.bias)
+
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, P, L, 4) one-hot -> (B, P, F * L') flattened embedding per peak."""
-        x = self.stem_conv(seq.permute(0, 3, 1, 2))
+        x = self.stem_conv[1](self.stem(seq.permute(0, 3, 1, 2)))
         for i in range(0, len(self.conv_tower), 2):
             x = self.conv_tower[i](x)
             x = self.conv_tower[i + 1](x) + x
@@ -107,8 +112,7 @@ class SeqEncoder(nn.Module):
         """
         if self.training:
             raise RuntimeError("forward_inference folds BatchNorm statistics: eval mode only")
-        stem, stem_elu = self.stem_conv
-        x = F.elu_(stem(seq.permute(0, 3, 1, 2)), stem_elu.alpha)
+        x = F.elu_(self.stem(seq.permute(0, 3, 1, 2)), self.stem_conv[1].alpha)
         for i in range(0, len(self.conv_tower), 2):
             conv, bn, elu, pool = self.conv_tower[i]
             weight, bias = _fold_batchnorm(conv, bn)
@@ -211,8 +215,28 @@ class Cell2NetModule(nn.Module):
         return slice(start, start + self.spec.n_tfs)
 
 
-#: One meta-device module per encoder/attention shape: what every gene of a job shares.
-_TEMPLATES: dict[ModelSpec, Cell2NetModule] = {}
+@dataclass(frozen=True)
+class Template:
+    """A meta-device module of one encoder/attention shape (one peak, no TFs or covariates: only the head's
+    first Linear depends on those counts), and its state's shapes and floating-ness by name."""
+
+    module: Cell2NetModule
+    shapes: dict[str, tuple[tuple[int, ...], bool]]
+
+
+#: One template per encoder/attention shape: what every gene of a job shares.
+_TEMPLATES: dict[ModelSpec, Template] = {}
+
+
+def template(spec: ModelSpec) -> Template:
+    """The cached :class:`Template` of ``spec``'s sizes. Allocates nothing, whatever the sizes."""
+    key = replace(spec, n_peaks=1, n_tfs=0, n_covariates=0)
+    if key not in _TEMPLATES:
+        with torch.device("meta"):
+            module = Cell2NetModule(key)
+        shapes = {k: (tuple(v.shape), v.is_floating_point()) for k, v in module.state_dict().items()}
+        _TEMPLATES[key] = Template(module, shapes)
+    return _TEMPLATES[key]
 
 
 def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> Cell2NetModule:
@@ -223,11 +247,7 @@ def from_state(spec: ModelSpec, state: dict[str, torch.Tensor]) -> Cell2NetModul
     Linear depends on the peak, TF and covariate counts) and the tensors are put in place.
     ``state`` must have exactly the module's keys and shapes (the checkpoint loader checks them).
     """
-    key = replace(spec, n_peaks=1, n_tfs=0, n_covariates=0)
-    if key not in _TEMPLATES:
-        with torch.device("meta"):
-            _TEMPLATES[key] = Cell2NetModule(key)
-    module = _copy_tree(_TEMPLATES[key])
+    module = _copy_tree(template(spec).module)
     module.spec = spec
     module.fc[0].in_features = spec.head_in
     slots = {f"{prefix}{'.' if prefix else ''}{name}": (sub, name) for prefix, sub in module.named_modules()

@@ -10,7 +10,6 @@ supplies the peak length and is cross-checked.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import pickle
@@ -24,7 +23,7 @@ import torch
 
 from ..errors import UserError, first_line
 from . import torch_zip
-from .architecture import Cell2NetModule, ModelSpec, from_state
+from .architecture import Cell2NetModule, ModelSpec, from_state, template
 
 REQUIRED_KEYS = ("model_state_dict", "module_summary")
 
@@ -48,15 +47,6 @@ class Checkpoint:
         except KeyError as exc:  # shapes and keys were checked; this is a last line of defence
             raise UserError(f"state dict does not fit the inferred architecture ({first_line(exc)})",
                             self.path) from exc
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_checkpoint(path: str | Path, gene: str | None = None) -> Checkpoint:
@@ -213,11 +203,11 @@ def _spec_from_summary(summary: dict, path: Path, **inferred) -> ModelSpec:
 def reference_shapes(spec: ModelSpec) -> dict[str, _Shape]:
     """Shape and floating-ness of every tensor of the module ``spec`` describes.
 
-    Only the head's first Linear depends on the peak, TF and covariate counts, so the rest is derived
-    once per architecture (every gene of an atlas shares it) from a module on the meta device, where a
-    spec with absurd sizes (a corrupt summary) allocates nothing.
+    Only the head's first Linear depends on the peak, TF and covariate counts, so the rest comes from the
+    architecture's cached meta-device template (every gene of an atlas shares it), where a spec with absurd
+    sizes (a corrupt summary) allocates nothing.
     """
-    shapes = dict(_architecture_shapes(replace(spec, n_tfs=0, n_covariates=0)))
+    shapes = {k: _Shape(*v) for k, v in template(spec).shapes.items()}
     shapes["fc.0.weight"] = _Shape((spec.head_hidden, spec.head_in), True)
     return shapes
 
@@ -225,13 +215,6 @@ def reference_shapes(spec: ModelSpec) -> dict[str, _Shape]:
 class _Shape(NamedTuple):
     shape: tuple[int, ...]
     floating: bool
-
-
-@functools.lru_cache(maxsize=32)
-def _architecture_shapes(spec: ModelSpec) -> tuple[tuple[str, _Shape], ...]:
-    with torch.device("meta"):
-        state = Cell2NetModule(spec).state_dict()
-    return tuple((k, _Shape(tuple(v.shape), v.is_floating_point())) for k, v in state.items())
 
 
 def _check_shapes(state: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> None:

@@ -1,27 +1,27 @@
-"""A checkpoint bound to its data: load, validate against each other, and stream cells through an engine.
+"""A checkpoint bound to its data: load, validate against each other, and build its engine.
 
 Both the notebook API (:mod:`cell2net_attr.api`) and the command-line pipeline build on this."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data.covariates import parse_covariates, require_covariates
-from ..data.gene_view import GeneData, load_gene_data, open_store
-from ..data.rows import SharedRows
+from ..data.gene_view import GeneData, load_gene_data
+from ..data.job_index import DataIndex
+from ..data.store import open_store
 from ..engines.base import IGParams
-from ..engines.registry import check_engine, make_engine
+from ..engines.registry import make_engine
 from ..errors import UserError
 from ..model.architecture import Cell2NetModule, from_state
 from ..model.checkpoint import Checkpoint, infer_spec, load_checkpoint
 from ..model.device import resolve_device
-from .progress import Progress
-from .stream import Blocks, EngineFeed, Sink, stream
+from .stream import EngineFeed, Sink
 
 
 @dataclass
@@ -68,7 +68,7 @@ class AttributionModel:
     def close(self) -> None:
         """Release the data file (unless the caller shares it across models)."""
         if self.owns_store:
-            self.data.close()
+            self.data.store.close()
 
 
 def load_model(
@@ -97,18 +97,23 @@ def load_model(
         ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
     """
     ck = load_checkpoint(checkpoint, gene)
-    cov = parse_covariates(covariates)
+    dev = resolve_device(device)
     store = open_store(data, locking=hdf5_locking)
     owns_store = store is not data
     try:
-        require_covariates(ck.spec.n_covariates, cov, store)
-        gene_data = load_gene_data(store, ck.gene, ck.spec, cov, rna_mod, atac_mod)
+        return bind(ck, DataIndex(store), parse_covariates(covariates), dev, rna_mod, atac_mod, owns_store)
     except BaseException:
         if owns_store:
             store.close()
         raise
-    dev = resolve_device(device)
-    return AttributionModel(ck.build_module().to(dev), gene_data, dev, ck, owns_store=owns_store)
+
+
+def bind(ck: Checkpoint, index: DataIndex, covariates: list[str], device: torch.device, rna_mod: str = "rna",
+         atac_mod: str = "atac", owns_store: bool = False) -> AttributionModel:
+    """A loaded checkpoint bound to the data of a job's ``index`` (checked against each other)."""
+    require_covariates(ck.spec.n_covariates, covariates, index.store)
+    gene_data = load_gene_data(index, ck.gene, ck.spec, covariates, rna_mod, atac_mod)
+    return AttributionModel(ck.build_module().to(device), gene_data, device, ck, owns_store=owns_store)
 
 
 def as_model(model: Any) -> AttributionModel:
@@ -126,33 +131,10 @@ def as_model(model: Any) -> AttributionModel:
     module = from_state(spec, {k: v.clone() for k, v in state.items()})  # copies: upstream's module stays its own
     gene = getattr(model, "gene", None) or str(model.mdata.mod["rna"].var_names[0])
     cov = list(model.covariates or [])
-    gene_data = load_gene_data(open_store(model.mdata), gene, spec, cov)
+    gene_data = load_gene_data(DataIndex(open_store(model.mdata)), gene, spec, cov)
     device = getattr(model, "device", None) or next(up.parameters()).device
     device = torch.device(device) if str(device) else torch.device("cpu")
     return AttributionModel(module.to(device), gene_data, device, None, model.mdata)
-
-
-def check_batching(batch_size: int, num_workers: int) -> None:
-    """``--batch-size`` >= 1 and ``--num-workers`` >= 0, as integers."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"must be an integer >= 1, got {batch_size!r}", param="batch_size")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise UserError(f"must be an integer >= 0, got {num_workers!r}", param="num_workers")
-
-
-def run_cells(m: AttributionModel, rows: np.ndarray, params: IGParams, engine: str, batch_size: int,
-              num_workers: int, sink, progress: Progress) -> None:
-    """Build the engine for ``m`` and stream ``rows`` through it into ``sink(start, attr, delta)``."""
-    info = check_engine(engine, params)
-    check_batching(batch_size, num_workers)
-    blocks = Blocks.choose(info, batch_size)
-    feed = engine_feed(m, engine, params, blocks.compute, sink)
-    reader = SharedRows([m.data])
-    progress.start(len(rows), m.gene)
-    try:
-        stream([feed.feed], reader.read, rows, blocks.read, num_workers, progress.advance)
-    finally:
-        progress.stop()
 
 
 def engine_feed(m: AttributionModel, engine: str, params: IGParams, compute_block: int,
@@ -170,7 +152,13 @@ def _per_gene_mudata(data: GeneData):
     store = data.store
     if hasattr(store, "mdata"):
         return store.mdata
-    full = md.read_h5mu(store.path)
+    with warnings.catch_warnings():  # mudata's notices about its future defaults, once per gene otherwise
+        warnings.simplefilter("ignore", FutureWarning)
+        return _per_gene_view(md, data, md.read_h5mu(store.path))
+
+
+def _per_gene_view(md, data: GeneData, full):
+    """The per-gene view of the full MuData ``full`` (as upstream's ``Cell2Net.mdata``)."""
     if data.layout == "per-gene":
         return full
     rna = full.mod[data.rna_mod][:, data.gene].copy()

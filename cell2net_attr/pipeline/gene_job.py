@@ -1,8 +1,9 @@
-"""One gene's output in progress, and the loop that computes several of them from shared row blocks.
+"""One gene's job: its engine fed from shared row blocks into its sink, and its output.
 
-A :class:`GeneJob` owns a gene's engine, its resumable chunks and its final path. :func:`compute`
-reads each block of the selected rows once and feeds every job from it; :meth:`GeneJob.finish`
-assembles the output from the chunks and renames it into place.
+A :class:`GeneJob` owns a gene's engine feed, the sink of its finished rows (resumable chunks beside the
+output, or arrays in memory for the notebook API) and, for a file, its final path and attributes. The
+loop that feeds many jobs is :func:`cell2net_attr.pipeline.driver.compute`; what happens to the output when
+the job is interrupted, fails or finishes is the lifecycle's (:mod:`cell2net_attr.pipeline.lifecycle`).
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
-from ..data.gene_view import Batch
-from ..data.rows import SharedRows
+from ..data.job_index import DataIndex
+from ..data.rows import Batch
 from ..data.selection import resolve_tokens
 from ..data.store import CellNames
 from ..data.where import where_mask
 from ..engines.base import IGParams
-from ..errors import Terminated, UserError
+from ..errors import UserError
+from ..io.formats import OutputFormat
 from ..io.partial import PartialRun
-from ..io.schema import RunIdentity, output_attrs, output_format
-from ..io.writers import open_writer
+from ..io.schema import RunIdentity, output_attrs
 from .binding import AttributionModel, engine_feed
-from .progress import NullProgress, Progress
-from .stream import Blocks, EngineFeed, stream
+from .stream import Blocks, EngineFeed
 
 #: Memory for finished rows not yet saved, shared by the genes of a group.
 BUFFER_BYTES = 256 << 20
@@ -42,12 +42,12 @@ class Selection:
     digest: str
 
     @classmethod
-    def resolve(cls, store, names: CellNames, tokens: list[str] | None, idx_type: str,
-                where: str | None) -> Selection:
+    def resolve(cls, index: DataIndex, tokens: list[str] | None, idx_type: str, where: str | None) -> Selection:
         """The cells of ``--idx`` tokens (all when ``None``) that satisfy ``--where``, in ``--idx`` order."""
+        names = index.names
         rows = resolve_tokens(tokens, names.index, idx_type) if tokens is not None else np.arange(len(names))
         if where:
-            rows = rows[where_mask(store, where, len(names))[rows]]
+            rows = rows[where_mask(index.store, where, len(names))[rows]]
             if not len(rows):
                 raise UserError(f"no selected cell satisfies {where!r}", param="where")
         return cls.of(names, rows)
@@ -98,17 +98,58 @@ class JobSpec:
         """This shard's rows."""
         return self.selection.rows[self.row_start : self.row_stop]
 
+    def identity(self, gene: str, covariates: list[str], checkpoint_sha256: str, fmt: str) -> RunIdentity:
+        """The identity of this job's output for one gene: what an existing output must match to count as done."""
+        params = self.params
+        return RunIdentity(
+            target=params.target, gene=gene, engine=self.engine, method=params.method, n_steps=params.n_steps,
+            multiply_by_inputs=params.multiply_by_inputs, module_mode=params.module_mode,
+            seed=-1 if params.seed is None else params.seed, delta=params.return_delta, format=fmt,
+            covariates=",".join(covariates), checkpoint_sha256=checkpoint_sha256, data_sha256=self.data_sha256,
+            selection_sha256=self.selection.digest, n_rows_total=len(self.selection.rows),
+            shard_count=self.shard_count)
+
+
+class MemoryRows:
+    """Where a notebook job's rows go: arrays in memory (nothing to save when interrupted)."""
+
+    def __init__(self, n_rows: int, n_features: int, with_delta: bool) -> None:
+        self.attr = np.empty((n_rows, n_features), dtype=np.float32)
+        self.delta = np.empty(n_rows, dtype=np.float32) if with_delta else None
+        self.rows_done = 0
+
+    def add(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        """Store finished rows ``start..start+len(attr)``."""
+        self.attr[start : start + len(attr)] = attr
+        if self.delta is not None and delta is not None:
+            self.delta[start : start + len(delta)] = delta
+
+    def flush(self) -> None:
+        """Nothing to save."""
+
+    def discard(self) -> None:
+        """Nothing to remove."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where a job's output goes: its final path, format and attributes."""
+
+    path: Path
+    fmt: OutputFormat
+    attrs: dict
+
 
 @dataclass
 class GeneJob:
-    """One gene: its engine fed from shared blocks into resumable chunks, then its output."""
+    """One gene: its engine fed from shared blocks into its sink, then, for a file, its output."""
 
     model: AttributionModel
-    out: Path
     spec: JobSpec
-    attrs: dict
-    partial: PartialRun
-    feed: EngineFeed | None = None
+    feed: EngineFeed
+    sink: PartialRun | MemoryRows
+    output: Output | None = None
+    checkpoint: Path | None = None
     failed: BaseException | None = None
     seconds: float = 0.0
     done_before: int = field(default=0)
@@ -122,113 +163,59 @@ class GeneJob:
         """Attribute the rows of ``batch`` this gene has not saved yet (a resumed run skips the rest)."""
         if isinstance(batch, UserError):
             raise batch
-        n = len(batch.tf_exp)
-        if start + n <= self.done_before:
+        if start + len(batch) <= self.done_before:
             return
         if start < self.done_before:
-            cut = self.done_before - start
-            batch = Batch(batch.peak_acc[cut:], batch.tf_exp[cut:], batch.covariates[cut:])
+            batch = batch.rows(slice(self.done_before - start, None))
             start = self.done_before
         t0 = time.monotonic()
         self.feed.feed(start, batch)
         self.seconds += time.monotonic() - t0
 
-    def finish(self) -> None:
-        """Assemble the output from the saved chunks and the rows still in memory, and rename it into place."""
+    def write_output(self) -> None:
+        """Assemble the output from the saved chunks and the rows still in memory and rename it into place."""
+        if self.output is None:
+            return
         t0 = time.monotonic()
-        rows = self.spec.rows
-        data = self.model.data
-        features = self.model.features(self.spec.params.target)
-        writer = open_writer(self.out, SelectedNames(data.names, rows), features, self.attrs,
-                             self.spec.params.return_delta, self.spec.hdf5_locking, lambda: data.obs_table(rows))
+        rows, data = self.spec.rows, self.model.data
+        writer = self.output.fmt.open_writer(
+            self.output.path, SelectedNames(data.names, rows), self.model.features(self.spec.params.target),
+            self.output.attrs, self.spec.params.return_delta, self.spec.hdf5_locking, lambda: data.obs_table(rows))
         try:
-            for start, attr, delta in self.partial.chunks():
+            for start, attr, delta in self.sink.chunks():
                 writer.write(start, attr, delta)
             writer.commit()
         except BaseException:
             writer.abort()
             raise
-        self.partial.discard()
+        self.sink.discard()
         self.seconds += time.monotonic() - t0
 
-    def interrupted(self) -> str:
-        """Save what is done; the hint for the user."""
-        self.partial.flush()
-        return (f"{self.partial.rows_done}/{len(self.spec.rows)} cells saved in {self.partial.dir}; "
-                f"rerun the same command with --resume to continue")
+    def save(self) -> int:
+        """Save what is done (interrupted); the number of rows saved."""
+        self.sink.flush()
+        return self.sink.rows_done
 
 
-def open_job(model: AttributionModel, out: Path, spec: JobSpec, checkpoint: Path, data: Path) -> GeneJob:
-    """A gene's job: its identity and attributes, its resumable chunks and its engine."""
+def open_job(model: AttributionModel, spec: JobSpec, out: tuple[Path, OutputFormat] | None = None,
+             checkpoint: Path | None = None, data: Path | None = None) -> GeneJob:
+    """A gene's job: its engine and, for an output file ``out`` (path and format), its identity, attributes and
+    resumable chunks; without ``out``, its rows are kept in memory."""
     params = spec.params
-    identity = RunIdentity(
-        target=params.target, gene=model.gene, engine=spec.engine, method=params.method, n_steps=params.n_steps,
-        multiply_by_inputs=params.multiply_by_inputs, module_mode=params.module_mode,
-        seed=-1 if params.seed is None else params.seed, delta=params.return_delta, format=output_format(out),
-        covariates=",".join(model.covariates), checkpoint_sha256=model.checkpoint.sha256 if model.checkpoint else "",
-        data_sha256=spec.data_sha256, selection_sha256=spec.selection.digest,
-        n_rows_total=len(spec.selection.rows), shard_count=spec.shard_count)
+    n_features = len(model.features(params.target))
+    feed = engine_feed(model, spec.engine, params, spec.blocks.compute)  # before any file is made
+    if out is None:
+        sink = MemoryRows(len(spec.rows), n_features, params.return_delta)
+        feed.sink = sink.add
+        return GeneJob(model, spec, feed, sink)
+    path, fmt = out
+    identity = spec.identity(model.gene, model.covariates, model.checkpoint.sha256 if model.checkpoint else "",
+                             fmt.name)
     provenance = {"device": str(model.device), "tool": "cell2net-attr", "tool_version": __version__,
                   "checkpoint": str(checkpoint), "data": str(data), "data_layout": model.data.layout}
     attrs = output_attrs(identity, spec.shard_index, spec.row_start, provenance)
-    feed = engine_feed(model, spec.engine, params, spec.blocks.compute)  # before any file is made
     place = {**identity.attrs(), "shard_index": spec.shard_index, "row_start": spec.row_start}
-    chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (4 * max(1, len(model.features(
-        params.target))) * spec.group_size)))
-    partial = PartialRun(out, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows)
+    chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (4 * max(1, n_features) * spec.group_size)))
+    partial = PartialRun(path, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows)
     feed.sink = partial.add
-    return GeneJob(model, out, spec, attrs, partial, feed, done_before=partial.rows_done)
-
-
-def save_for_resume(exc: BaseException, jobs: list[GeneJob]) -> None:
-    """On an interrupt: save every live job's finished chunks and give ``exc`` the hint for the user (once)."""
-    if hasattr(exc, "resume_hint"):
-        return
-    hints = [j.interrupted() for j in jobs if j.failed is None]
-    exc.resume_hint = hints[0] if len(hints) == 1 else (  # type: ignore[attr-defined]
-        f"finished chunks of {len(hints)} genes saved; rerun the same command with --resume to continue")
-
-
-def compute(jobs: list[GeneJob], num_workers: int = 0, progress: Progress | None = None,
-            isolate: bool = False) -> None:
-    """Feed every job from the shared row blocks of their selection, each block read once.
-
-    With ``isolate``, a gene that fails is recorded in its ``failed`` and the others go on; otherwise
-    its error propagates. Interrupted (SIGINT/SIGTERM), every job saves its finished chunks and the
-    exception carries a ``resume_hint``.
-    """
-    if not jobs:
-        return
-    spec = jobs[0].spec
-    rows = spec.rows
-    first = min(j.done_before for j in jobs)
-    reader = SharedRows([j.model.data for j in jobs])
-    progress = progress or NullProgress()
-    label = jobs[0].gene if len(jobs) == 1 else f"{len(jobs)} genes"
-    progress.start(len(rows) - first, label)
-
-    def feeder(job: GeneJob):
-        def feed(start: int, batch) -> None:
-            if job.failed is not None:
-                return
-            try:
-                job.accept(first + start, batch)
-            except Exception as exc:  # noqa: BLE001 - isolated: one gene's failure must not stop the others
-                if not isolate:
-                    raise
-                job.failed = exc
-                job.partial.discard()
-        return feed
-
-    try:
-        stream([feeder(j) for j in jobs], lambda r: reader.read(r, strict=not isolate), rows[first:],
-               spec.blocks.read, num_workers, progress.advance)
-    except (KeyboardInterrupt, Terminated) as exc:
-        save_for_resume(exc, jobs)
-        raise
-    except BaseException:
-        for j in jobs:
-            j.partial.discard()
-        raise
-    finally:
-        progress.stop()
+    return GeneJob(model, spec, feed, partial, Output(path, fmt, attrs), checkpoint, done_before=partial.rows_done)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.covariates import numeric_obs_columns, parse_covariates, require_covariates
-from ..data.gene_view import load_gene_data, open_store
+from ..data.gene_view import load_gene_data
+from ..data.job_index import DataIndex
+from ..data.store import open_store
 from ..errors import UserError
 from ..model.checkpoint import load_checkpoint
 
@@ -25,7 +27,7 @@ def describe(checkpoint: Path, data: Path | None = None, gene: str | None = None
         try:
             cov = parse_covariates(covariates)
             require_covariates(ck.spec.n_covariates, cov, store)
-            view = load_gene_data(store, ck.gene, ck.spec, cov, rna_mod, atac_mod)
+            view = load_gene_data(DataIndex(store), ck.gene, ck.spec, cov, rna_mod, atac_mod)
             report.update(layout=view.layout, peaks=view.peaks, tfs=view.tfs, covariates=view.covariates, match=True)
         except UserError as exc:
             report.update(match=False, problem=str(exc))

@@ -6,23 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pandas as pd
 
-from .._compat import read_elem
 from ..errors import UserError
-from ..io.reader import read_header
-from ..io.schema import (
-    ATTRIBUTIONS,
-    DELTA,
-    NPY_CANNOT_MERGE,
-    PROVENANCE,
-    RunIdentity,
-    output_attrs,
-    output_format,
-)
-from ..io.writers import check_output, open_writer
+from ..io.formats import check_output, format_of, iter_rows, read_header, read_obs
+from ..io.layouts import Header
+from ..io.schema import NPY_CANNOT_MERGE, PROVENANCE, RunIdentity, output_attrs
 
 BLOCK = 65536  # rows copied at a time
 
@@ -31,26 +20,32 @@ BLOCK = 65536  # rows copied at a time
 class ShardFile:
     """One shard: where it is, what it stores, where its rows go."""
 
-    path: Path
+    header: Header
     identity: RunIdentity
-    attrs: dict
     index: int
     row_start: int
-    obs: list[str]
-    features: list[str]
-    has_delta: bool
+
+    @property
+    def path(self) -> Path:
+        """Where it is."""
+        return self.header.path
+
+    @property
+    def obs(self) -> list[str]:
+        """Its cells' names."""
+        return self.header.obs
 
     @property
     def rows(self) -> int:
         """Number of cells it holds."""
-        return len(self.obs)
+        return len(self.header.obs)
 
 
 def read_shard(path: Path) -> ShardFile:
     """The header of one shard (its matrix is only measured; :func:`_copy_rows` streams it)."""
     if not path.is_file():
         raise UserError("shard not found", path)
-    if output_format(path) == "npy":
+    if not format_of(path).has_names:
         raise UserError(NPY_CANNOT_MERGE, path)
     header = read_header(path)
     attrs = header.attrs
@@ -59,8 +54,7 @@ def read_shard(path: Path) -> ShardFile:
     if header.n_rows != len(header.obs):
         raise UserError(f"incomplete shard: {header.n_rows} rows for {len(header.obs)} cell names", path)
     identity = RunIdentity.from_attrs(attrs, path, header.has_delta, header.fmt)
-    return ShardFile(path, identity, attrs, int(attrs["shard_index"]), int(attrs["row_start"]), header.obs,
-                     header.features, header.has_delta)
+    return ShardFile(header, identity, int(attrs["shard_index"]), int(attrs["row_start"]))
 
 
 def check_shards(shards: list[ShardFile]) -> list[ShardFile]:
@@ -72,7 +66,7 @@ def check_shards(shards: list[ShardFile]) -> list[ShardFile]:
             key = differ[0]
             raise UserError(f"foreign shard: its {key} ({getattr(s.identity, key)}) differs from "
                             f"{first.path.name}'s ({getattr(first.identity, key)})", s.path)
-        if s.features != first.features:
+        if s.header.features != first.header.features:
             raise UserError(f"foreign shard: its features differ from {first.path.name}'s", s.path)
     count = first.identity.shard_count
     by_index: dict[int, ShardFile] = {}
@@ -98,19 +92,21 @@ def merge(paths: list[Path], out: Path, overwrite: bool = False) -> int:
     """Check and join shards into ``out`` (``.h5``/``.hdf5``/``.h5ad``, atomically); returns the number of rows."""
     if not paths:
         raise UserError("no shards given", "SHARDS")
-    check_output(out, overwrite, list(paths))
-    if output_format(out) == "npy":
+    fmt = check_output(out, overwrite, list(paths))
+    if not fmt.has_names:
         raise UserError("merged output must be .h5, .hdf5 or .h5ad (a .npy has no cell names)", out)
     ordered = check_shards([read_shard(Path(p)) for p in paths])
     first = ordered[0]
     identity = first.identity
-    provenance = {k: v for k, v in first.attrs.items() if k in PROVENANCE}
-    meta = output_attrs(replace(identity, format=output_format(out)), 0, 0, {**provenance, "merged_from": len(ordered)})
+    provenance = {k: v for k, v in first.header.attrs.items() if k in PROVENANCE}
+    meta = output_attrs(replace(identity, format=fmt.name), 0, 0, {**provenance, "merged_from": len(ordered)})
     obs = [name for s in ordered for name in s.obs]
-    writer = open_writer(out, obs, first.features, meta, identity.delta, None, lambda: _obs_table(ordered, obs))
+    writer = fmt.open_writer(out, obs, first.header.features, meta, identity.delta, None,
+                             lambda: _obs_table(ordered, obs))
     try:
         for s in ordered:
-            _copy_rows(s, writer, identity.delta)
+            for start, attr, delta in iter_rows(s.header, BLOCK):
+                writer.write(s.row_start + start, attr, delta if identity.delta else None)
         writer.commit()
     except BaseException:
         writer.abort()
@@ -120,21 +116,6 @@ def merge(paths: list[Path], out: Path, overwrite: bool = False) -> int:
 
 def _obs_table(shards: list[ShardFile], obs: list[str]) -> pd.DataFrame:
     """The cells' obs for an AnnData output: the shards' own (``.h5ad``) or their names alone."""
-    if all(output_format(s.path) == "h5ad" for s in shards):
-        parts = []
-        for s in shards:
-            with h5py.File(s.path, "r") as f:
-                parts.append(read_elem(f["obs"]).drop(columns=[DELTA], errors="ignore"))
-        return pd.concat(parts)
+    if all(s.header.fmt == "h5ad" for s in shards):
+        return pd.concat([read_obs(s.header) for s in shards])
     return pd.DataFrame(index=pd.Index(obs))
-
-
-def _copy_rows(shard: ShardFile, writer, with_delta: bool) -> None:
-    """Copy a shard's rows into the merged output block by block (bounded memory)."""
-    h5ad = output_format(shard.path) == "h5ad"
-    with h5py.File(shard.path, "r") as f:
-        matrix = f["X"] if h5ad else f[ATTRIBUTIONS]
-        delta = (read_elem(f["obs"][DELTA]) if h5ad else f[DELTA]) if with_delta else None
-        for a in range(0, shard.rows, BLOCK):
-            d = None if delta is None else np.asarray(delta[a : a + BLOCK], dtype=np.float32)
-            writer.write(shard.row_start + a, np.asarray(matrix[a : a + BLOCK]), d)

@@ -1,7 +1,8 @@
 """``run-many``: one attribution file per gene checkpoint, the data file opened, hashed and read once.
 
-Genes whose output already exists are skipped (outputs appear only when complete, so an existing
-file is a finished one). A gene that fails is recorded in ``run-report.tsv`` and the run goes on.
+A gene whose output already holds this very run (the same run identity) is skipped; an output of another
+run is refused for that gene, naming what differs (outputs appear only when complete, so an existing file
+is a finished one). A gene that fails is recorded in ``run-report.tsv`` and the run goes on.
 """
 
 from __future__ import annotations
@@ -10,27 +11,52 @@ import csv
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 
 from .._lists import is_list_file, read_list_file
-from ..data.gene_view import cell_names
+from ..data.covariates import parse_covariates
+from ..data.job_index import DataIndex
 from ..data.selection import read_tokens
 from ..data.store import H5Store
-from ..errors import Terminated, UserError
-from ..io.lock import OutputLock
-from ..io.writers import atomic_output, check_output
-from ..model.checkpoint import file_sha256
-from .binding import load_model
-from .gene_job import JobSpec, Selection, compute, open_job, save_for_resume
+from ..errors import UserError, first_line
+from ..io.formats import OutputFormat, check_output, format_named
+from ..io.writers import atomic_output
+from ..model.checkpoint import load_checkpoint
+from ..model.device import resolve_device
+from .binding import bind
+from .driver import compute
+from .gene_job import GeneJob, JobSpec, Selection, open_job
+from .lifecycle import Lifecycle, existing_output
+from .options import RunOptions
 from .progress import Progress
-from .run import RunOptions
 from .shards import Shard
 from .stream import Blocks
+from .threads import set_threads
 
 REPORT = "run-report.tsv"
 #: Genes computed together from one pass over the data (bounds the models and buffers held at once).
 GROUP_GENES = 64
-FORMATS = ("h5", "h5ad", "npy")
+
+
+class Outcome(Enum):
+    """What happened to one gene, and the status the report gives it."""
+
+    DONE = "done"
+    SKIPPED = "skipped"  # its output already holds this run
+    BUSY = "busy"  # another process computes it
+    INPUT_ERROR = "failed"  # its inputs (or its existing output) are wrong: exit code 2
+    INTERNAL_ERROR = "internal"  # a bug: exit code 1
+
+    @property
+    def status(self) -> str:
+        """The report's status column."""
+        return "failed" if self in (Outcome.INPUT_ERROR, Outcome.INTERNAL_ERROR) else self.value
+
+    @property
+    def failed(self) -> bool:
+        """Whether the gene failed."""
+        return self.status == "failed"
 
 
 @dataclass
@@ -39,10 +65,18 @@ class GeneOutcome:
 
     gene: str
     checkpoint: Path
-    status: str  # done, skipped, busy (another process computes it), failed
+    kind: Outcome
     output: Path
     seconds: float = 0.0
     error: str = ""
+
+    @classmethod
+    def failure(cls, gene: str, checkpoint: Path, output: Path, exc: BaseException, seconds: float) -> GeneOutcome:
+        """A failed gene: its input error, or an internal error naming the exception."""
+        if isinstance(exc, UserError):
+            return cls(gene, checkpoint, Outcome.INPUT_ERROR, output, seconds, str(exc))
+        return cls(gene, checkpoint, Outcome.INTERNAL_ERROR, output, seconds,
+                   f"internal error: {type(exc).__name__}: {first_line(exc)}")
 
 
 def collect_checkpoints(items: list[str]) -> list[Path]:
@@ -76,6 +110,22 @@ def _unique_files(paths: list[Path]) -> list[Path]:
     return list(seen.values())
 
 
+@dataclass
+class _Job:
+    """What every gene of a ``run-many`` job shares."""
+
+    spec: JobSpec
+    index: DataIndex
+    data: Path
+    out_dir: Path
+    fmt: OutputFormat
+    opts: RunOptions
+    covariates: list[str]
+    device: object
+    record: Callable[[GeneOutcome], None]
+    progress: Progress | None
+
+
 def run_many(
     checkpoints: list[Path],
     data: Path,
@@ -97,14 +147,18 @@ def run_many(
     if shard is not None and shard.count > 1:
         start, stop = shard.bounds(len(checkpoints))
         checkpoints, report = checkpoints[start:stop], shard.path(report)
-    if fmt not in FORMATS:
-        raise UserError(f"unknown format '{fmt}', choose from {', '.join(FORMATS)}", param="fmt")
+    output_format = format_named(fmt)
     params, info, batch_size = opts.check()  # flag errors before any file is touched
+    set_threads(opts.threads)
+    if opts.delta and not output_format.has_names:
+        raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", param="fmt")
+    covariates = parse_covariates(opts.covariates)
+    device = resolve_device(opts.device)  # once: a missing GPU is one error, not one per gene
+    tokens = read_tokens(opts.idx) if opts.idx is not None else None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output directory ({exc.strerror})", out_dir) from exc
-    tokens = read_tokens(opts.idx) if opts.idx is not None else None
     store = H5Store(data, locking=opts.hdf5_locking)
     outcomes: list[GeneOutcome] = []
 
@@ -114,88 +168,66 @@ def run_many(
             on_gene(len(outcomes) - 1, len(checkpoints), outcome)
 
     try:
-        todo = []
-        for ck in checkpoints:
-            out = out_dir / f"{ck.stem}.{fmt}"
-            if out.exists() and not opts.overwrite:
-                record(GeneOutcome(ck.stem, ck, "skipped", out))
-            else:
-                todo.append((ck, out))
-        if todo:
-            names = cell_names(store)
-            selection = Selection.resolve(store, names, tokens, opts.idx_type, opts.where)
-            spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(todo)), selection,
-                           0, len(selection.rows), data_sha256=file_sha256(data), resume=opts.resume,
-                           hdf5_locking=opts.hdf5_locking, chunk_rows=opts.chunk_rows)
-            for a in range(0, len(todo), GROUP_GENES):
-                group = todo[a : a + GROUP_GENES]
-                _run_group(group, data, store, replace(spec, group_size=len(group)), opts, record, progress)
+        index = DataIndex(store)
+        selection = Selection.resolve(index, tokens, opts.idx_type, opts.where)
+        spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(checkpoints)), selection,
+                       0, len(selection.rows), data_sha256=index.sha256, resume=opts.resume,
+                       hdf5_locking=opts.hdf5_locking, chunk_rows=opts.chunk_rows)
+        job = _Job(spec, index, data, out_dir, output_format, opts, covariates, device, record, progress)
+        for a in range(0, len(checkpoints), GROUP_GENES):
+            group = checkpoints[a : a + GROUP_GENES]
+            _run_group(group, replace(job, spec=replace(spec, group_size=len(group))))
     finally:
         store.close()
         write_report(report, outcomes)
     return outcomes
 
 
-def _run_group(group: list[tuple[Path, Path]], data: Path, store: H5Store, spec: JobSpec, opts: RunOptions,
-               record: Callable[[GeneOutcome], None], progress: Progress | None) -> None:
+def _run_group(group: list[Path], job: _Job) -> None:
     """Load and check each gene of the group, compute them together, then write each output.
 
-    Each gene's output is locked first: a gene another process is computing is reported ``busy`` and left
+    Each gene's output is claimed first: a gene another process is computing is reported ``busy`` and left
     to it, so overlapping runs share the work.
     """
-    jobs, locks = [], []
+    with Lifecycle() as life:
+        jobs = [j for j in (_open_gene(ck, job, life) for ck in group) if j is not None]
+        compute(jobs, job.opts.num_workers, job.progress, on_failure=life.fail)
+        for gene_job in jobs:
+            if gene_job.failed is None:
+                try:
+                    life.finish(gene_job)
+                except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
+                    life.fail(gene_job, exc)
+            if gene_job.failed is not None:
+                job.record(GeneOutcome.failure(gene_job.gene, gene_job.checkpoint, gene_job.output.path,
+                                               gene_job.failed, gene_job.seconds))
+            else:
+                job.record(GeneOutcome(gene_job.gene, gene_job.checkpoint, Outcome.DONE, gene_job.output.path,
+                                       gene_job.seconds))
+
+
+def _open_gene(ck: Path, job: _Job, life: Lifecycle) -> GeneJob | None:
+    """The gene's job, or None (recorded) when it is busy, done already, or fails to load."""
+    t0 = time.monotonic()
+    out = job.out_dir / f"{ck.stem}{job.fmt.suffix}"
+    holder = life.claim(out)
+    if holder is not None:
+        job.record(GeneOutcome(ck.stem, ck, Outcome.BUSY, out, 0.0, f"another run is computing it ({holder})"))
+        return None
     try:
-        for ck, out in group:
-            t0 = time.monotonic()
-            lock = OutputLock(out)
-            holder = lock.try_acquire()
-            if holder is not None:
-                record(GeneOutcome(ck.stem, ck, "busy", out, 0.0, f"another run is computing it ({holder})"))
-                continue
-            locks.append(lock)
-            if out.exists() and not opts.overwrite:  # finished by another run meanwhile
-                record(GeneOutcome(ck.stem, ck, "skipped", out))
-                continue
-            try:
-                check_output(out, opts.overwrite, [ck, data], opts.delta)
-                model = load_model(ck, store, None, opts.covariates, opts.device, opts.rna_mod, opts.atac_mod)
-                job = open_job(model, out, spec, ck, data)
-                job.seconds = time.monotonic() - t0
-                jobs.append(job)
-            except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
-                record(_failed(ck, out, exc, time.monotonic() - t0))
-        _compute_group(jobs, opts, record, progress)
-    finally:
-        for lock in locks:
-            lock.release()
-
-
-def _compute_group(jobs: list, opts: RunOptions, record: Callable[[GeneOutcome], None],
-                   progress: Progress | None) -> None:
-    """Compute the group's genes together, then write each output (or record its failure)."""
-    compute(jobs, opts.num_workers, progress, isolate=True)
-    for i, job in enumerate(jobs):
-        ck = Path(job.attrs["checkpoint"])
-        if job.failed is None:
-            try:
-                job.finish()
-            except (KeyboardInterrupt, Terminated) as exc:
-                save_for_resume(exc, jobs[i:])
-                raise
-            except Exception as exc:  # noqa: BLE001
-                job.failed = exc
-                job.partial.discard()
-        if job.failed is not None:
-            record(_failed(ck, job.out, job.failed, job.seconds))
-        else:
-            record(GeneOutcome(job.gene, ck, "done", job.out, job.seconds))
-
-
-def _failed(ck: Path, out: Path, exc: BaseException, seconds: float) -> GeneOutcome:
-    if isinstance(exc, UserError):
-        return GeneOutcome(ck.stem, ck, "failed", out, seconds, str(exc))
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return GeneOutcome(ck.stem, ck, "failed", out, seconds, f"internal error: {type(exc).__name__}: {first}")
+        checkpoint = load_checkpoint(ck)
+        identity = job.spec.identity(checkpoint.gene, job.covariates, checkpoint.sha256, job.fmt.name)
+        if not job.opts.overwrite and existing_output(out, identity):
+            job.record(GeneOutcome(ck.stem, ck, Outcome.SKIPPED, out))
+            return None
+        check_output(out, True, [ck, job.data])
+        model = bind(checkpoint, job.index, job.covariates, job.device, job.opts.rna_mod, job.opts.atac_mod)
+        gene_job = life.add(open_job(model, job.spec, (out, job.fmt), ck, job.data))
+    except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
+        job.record(GeneOutcome.failure(ck.stem, ck, out, exc, time.monotonic() - t0))
+        return None
+    gene_job.seconds = time.monotonic() - t0
+    return gene_job
 
 
 REPORT_COLUMNS = ["gene", "status", "seconds", "checkpoint", "output", "error"]
@@ -205,11 +237,14 @@ def write_report(path: Path, outcomes: list[GeneOutcome]) -> None:
     """``gene, status, seconds, checkpoint, output, error`` per gene, written atomically.
 
     The report accumulates over reruns: genes of an earlier run that this one did not touch keep their
-    rows; a gene run again gets its new row.
+    rows, and so do genes this run skipped (their row says how they were computed); a gene run again gets
+    its new row.
     """
     rows = {row[0]: row for row in _earlier_rows(path)}
     for o in outcomes:
-        rows[o.gene] = [o.gene, o.status, f"{o.seconds:.2f}", str(o.checkpoint), str(o.output),
+        if o.kind is Outcome.SKIPPED and o.gene in rows and rows[o.gene][1] in ("done", "skipped"):
+            continue
+        rows[o.gene] = [o.gene, o.kind.status, f"{o.seconds:.2f}", str(o.checkpoint), str(o.output),
                         o.error.replace("\t", " ")]
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")

@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..data.gene_view import Batch
+from ..data.rows import Batch
 from ..engines.base import Engine
 from ..engines.registry import EngineInfo
 
@@ -53,7 +53,7 @@ class EngineFeed:
 
     def feed(self, start: int, batch: Batch) -> None:
         """Attribute the cells of ``batch``, the first of which is output row ``start``."""
-        n = len(batch.tf_exp)
+        n = len(batch)
         for a in range(0, n, self.compute_block):
             part = slice(a, min(n, a + self.compute_block))
             tensors = [torch.from_numpy(x[part]).to(self.device, non_blocking=True)

@@ -294,3 +294,13 @@ def test_empty_inputs_give_empty_tables_with_the_columns():
     assert nothing.chroms == frozenset()
     assert nothing.place(_snvs([("chr1", 3, "A", "C")])).skipped["kind"].tolist() == ["outside"]
     assert not nothing.overlaps(np.array(["chr1"], dtype=object), np.array([2]), np.array([3])).any()
+
+
+def test_index_checks_hand_built_tables():
+    table = pd.DataFrame({"peak": ["p"], "chrom": ["chr1"], "start": [10], "end": [19], "sequence": ["acgtacgtac"]})
+    with pytest.raises(UserError, match="x.h5mu: peak 'p': window start 10, end 19 does not fit its stored sequence"):
+        WindowIndex(table, source="x.h5mu")
+    with pytest.raises(UserError, match="peak 'chr1-0-99999999999999': its window .* is outside any chromosome"):
+        peak_windows(["chr1-0-99999999999999"], ["A" * 4])
+    index = WindowIndex(table.assign(end=20))  # lower case stored bases compare as upper case
+    assert index.place(_snvs([("chr1", 11, "A", "C")])).hits["offset"].tolist() == [0]

@@ -94,6 +94,9 @@ def peak_windows(peaks: Sequence[str], sequences: Sequence[str], *, chrom: Seque
                     raise UserError(f"peak '{n}': its chromosome column says '{g}' but its name says '{c}'",
                                     source)
         chroms, first, last = ([r[i] for r in rows] for i in range(3))
+        for n, a, b in zip(names, first, last):
+            if a < -_SHIFT or b > _MAX_COORD:
+                raise UserError(f"peak '{n}': its window {a}-{b} is outside any chromosome", source)
     else:
         first = [_coordinate(n, v, "start", source) for n, v in zip(names, start)]
         last = [_coordinate(n, v, "end", source) for n, v in zip(names, end)]
@@ -143,6 +146,17 @@ def _coordinate(name: str, value: object, what: str, source: str | None) -> int:
     return int(number)
 
 
+def _check_spans(table: pd.DataFrame, source: str | None) -> None:
+    """Each window as long as its sequence and within the coordinates the search keys can hold."""
+    start, end = table["start"].to_numpy(np.int64), table["end"].to_numpy(np.int64)
+    length = table["sequence"].map(len).to_numpy(np.int64)
+    wrong = np.flatnonzero((end - start != length) | (start < -_SHIFT) | (end > _MAX_COORD))
+    if len(wrong):
+        i = wrong[0]
+        raise UserError(f"peak '{table['peak'].iat[i]}': window start {start[i]}, end {end[i]} does not fit "
+                        f"its stored sequence of {length[i]} bp on a chromosome", source)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Variants placed in peak windows.
@@ -185,6 +199,7 @@ class WindowIndex:
         clash = table["peak"][table["peak"].duplicated()]
         if len(clash):
             raise UserError(f"peak '{clash.iloc[0]}' has two different windows or sequences", source)
+        _check_spans(table, source)
         if gene_peaks is None:
             gene_peaks = pd.DataFrame({"gene": "", "peak": table["peak"]})
         pairs = gene_peaks.loc[:, ["gene", "peak"]].drop_duplicates().reset_index(drop=True)
@@ -225,7 +240,7 @@ class WindowIndex:
         last = np.r_[np.flatnonzero(fresh)[1:] - 1, len(order) - 1] if len(order) else np.array([], np.int64)
         self._union = (start[order][fresh], cover[last])  # disjoint, sorted: the union of all windows
         seqs = w["sequence"].tolist()
-        self._bases = np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8)
+        self._bases = np.frombuffer("".join(seqs).upper().encode("ascii"), dtype=np.uint8)
         self._seq_at = np.r_[0, np.cumsum([len(s) for s in seqs])].astype(np.int64)[:-1]
         per_window = np.argsort(self.gene_peaks["window"].to_numpy(), kind="stable")
         self._pair_order = per_window

@@ -76,6 +76,32 @@ def covariate_matrix(store: Store, names: list[str], n_cells: int) -> np.ndarray
 
 
 def suggest(name: str, choices) -> str:
-    """`` (did you mean ...?)`` for a misspelt name, or nothing."""
-    close = difflib.get_close_matches(name, [str(c) for c in choices], n=3)
+    """`` (did you mean ...?)`` for a misspelt name, or nothing: up to 3 choices, the closest first.
+
+    Case is ignored (``CellType`` finds ``celltype`` first, ``id`` finds ``ID``), and a choice that begins
+    with the name, or that the name begins with, counts as close (``cel`` finds ``celltype``).
+    """
+    key = str(name).lower()
+    scored = []
+    for i, choice in enumerate(dict.fromkeys(str(c) for c in choices)):
+        score = _closeness(key, choice.lower())
+        if score >= SUGGEST_CUTOFF:
+            scored.append((-score, i, choice))
+    close = [c for _, _, c in sorted(scored)[:3]]
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+SUGGEST_CUTOFF = 0.6  # difflib's default
+
+
+def _closeness(key: str, low: str) -> float:
+    """How close two lower-cased names are: 2 when equal, else difflib's ratio, raised for a prefix."""
+    if key == low:
+        return 2.0
+    prefix = 0.0
+    if len(key) >= 2 and (low.startswith(key) or key.startswith(low)):
+        prefix = 0.6 + 0.4 * min(len(key), len(low)) / max(len(key), len(low))
+    matcher = difflib.SequenceMatcher(None, key, low)
+    if matcher.real_quick_ratio() < SUGGEST_CUTOFF and not prefix:  # an upper bound: skip the full ratio
+        return 0.0
+    return max(prefix, matcher.ratio())

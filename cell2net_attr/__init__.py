@@ -1,7 +1,7 @@
 """cell2net-attr: Integrated-Gradients attributions for Cell2Net checkpoints, fast and safe.
 
 The notebook API (:func:`load_model`, :func:`tf_attr`, :func:`peak_attr`, and the tables
-:func:`tf_to_gene`, :func:`peak_to_gene`) is imported on first use, so that
+:func:`tf_to_gene`, :func:`peak_to_gene`, :func:`get_top_tfs`) is imported on first use, so that
 ``import cell2net_attr`` and the light commands (``--help``, downstream tables) never load torch.
 """
 
@@ -11,7 +11,8 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["AttributionModel", "load_model", "peak_attr", "tf_attr", "tf_to_gene", "peak_to_gene", "__version__"]
+__all__ = ["AttributionModel", "load_model", "peak_attr", "tf_attr", "tf_to_gene", "peak_to_gene", "get_top_tfs",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,7 +20,7 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
-    if name in ("tf_to_gene", "peak_to_gene"):  # tables only: no torch
+    if name in ("tf_to_gene", "peak_to_gene", "get_top_tfs"):  # tables only: no torch
         from .downstream import to_gene
 
         return getattr(to_gene, name)

@@ -7,7 +7,8 @@ is an internal error (exit 1).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 EXIT_INTERNAL = 1
@@ -55,3 +56,35 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 class Terminated(BaseException):
     """SIGTERM (scancel, preemption, a time limit): unwinds like Ctrl-C so that work in progress
     is saved for ``--resume`` and nothing partial reaches the final path."""
+
+
+def suggest(name: str, choices: Iterable) -> str:
+    """`` (did you mean ...?)`` for a misspelt name, or nothing: up to 3 choices, the closest first.
+
+    Case is ignored (``CellType`` finds ``celltype`` first, ``id`` finds ``ID``), and a choice that begins
+    with the name, or that the name begins with, counts as close (``cel`` finds ``celltype``).
+    """
+    key = str(name).lower()
+    scored = []
+    for i, choice in enumerate(dict.fromkeys(str(c) for c in choices)):
+        score = _closeness(key, choice.lower())
+        if score >= SUGGEST_CUTOFF:
+            scored.append((-score, i, choice))
+    close = [c for _, _, c in sorted(scored)[:3]]
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+SUGGEST_CUTOFF = 0.6  # difflib's default
+
+
+def _closeness(key: str, low: str) -> float:
+    """How close two lower-cased names are: 2 when equal, else difflib's ratio, raised for a prefix."""
+    if key == low:
+        return 2.0
+    prefix = 0.0
+    if len(key) >= 2 and (low.startswith(key) or key.startswith(low)):
+        prefix = 0.6 + 0.4 * min(len(key), len(low)) / max(len(key), len(low))
+    matcher = difflib.SequenceMatcher(None, key, low)
+    if not prefix and (matcher.real_quick_ratio() < SUGGEST_CUTOFF or matcher.quick_ratio() < SUGGEST_CUTOFF):
+        return 0.0  # upper bounds of the ratio: the full one is not needed
+    return max(prefix, matcher.ratio())

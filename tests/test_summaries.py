@@ -269,9 +269,10 @@ def _help(command: str, columns: int) -> str:
 @pytest.mark.parametrize("command, shown", [
     ("summarize", [".h5ad (AnnData)", "[default: (all, file order); x>=1]", "[default: (the obs of .h5ad inputs)]",
                    "[default: (one group of all cells)]", "peak_to_gene", "[default: -]"]),
-    ("activity", ["[default: 5; x>=1]", "[default: (every TF); x>=1]", "[default: 0.5; 0.0<=x<=1.0]",
+    ("activity", ["[default: 5; x>=1]", "[default: (every TF); x>=1]", "0 < x <= 1. [default: 0.5]",
                   ".h5ad (AnnData", "[default: (listed on stderr)]"]),
-    ("plot", ["--kind <dotplot|heatmap>", "[default: dotplot]", "--order <groups|value|input>",
+    ("plot", ["--kind <dotplot|heatmap>", "[default: dotplot]", "--order <groups|value|input|genome>",
+              "N to N x groups rows, the same in a dotplot and a heatmap",
               "[default: 150; 10<=x<=1200]", "[default: (every row); x>=1]", "[default: (gene(s) and groups)]"]),
 ])
 def test_downstream_help_shows_choices_ranges_and_defaults(command, shown, columns):

@@ -240,14 +240,13 @@ def test_cli_activity_outputs(atlas, tmp_path):
     (["summarize", "{d}/GA.npy"], "no cell names"),
     (["summarize", "{d}/GA.h5", "{d}/GA.h5"], "gene 'GA' is also in"),
     (["summarize", "{d}/other.h5", "--data", "{data}", "--groupby", "celltype"], "not in the data's obs"),
-    (["summarize", "{data}"], "not a cell2net-attr attribution file"),
+    (["summarize", "{data}"], "this is the data file (MuData .h5mu): give it with --data, and the attribution"),
     (["activity", "{d}/GA.h5", "--data", "{data}", "--groupby", "celltype", "--top-out", "-"], "both be stdout"),
     (["activity", "{d}/GA.h5", "--data", "{data}", "--groupby", "celltype", "--var-cutoff", "0"], "--var-cutoff"),
     (["activity", "{d}/GA.h5", "--data", "{data}", "--groupby", "celltype", "--var-cutoff", "0.01"], "= 0 TFs"),
-    (["activity", "{d}/GA.h5", "--var-cutoff", "1.5"], "'--var-cutoff': Input should be less than or equal to 1"),
+    (["activity", "{d}/GA.h5", "--var-cutoff", "1.5"], "'--var-cutoff': must be in (0, 1], got 1.5"),
     (["activity", "{d}/GA.h5", "--per-gene-top", "0"], "'--per-gene-top': Input should be greater than or equal"),
     (["activity", "{d}/GA.h5", "--top-out", "{d}/t.h5ad"], "unknown table format"),
-    (["activity", "{d}/GA.h5"], "at least 2 groups"),
     (["activity", "{d}/GA.h5", "{d}/s.tsv"], "not both"),
 ])
 def test_cli_user_errors_are_one_line(atlas, args, message):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from ..errors import UserError, suggest
 from .store import Store
 
 
@@ -72,10 +70,3 @@ def covariate_matrix(store: Store, names: list[str], n_cells: int) -> np.ndarray
                             f"(first at cell {int(np.argmax(~np.isfinite(col)))})", src)
         out[:, j] = col
     return out
-
-
-
-def suggest(name: str, choices) -> str:
-    """`` (did you mean ...?)`` for a misspelt name, or nothing."""
-    close = difflib.get_close_matches(name, [str(c) for c in choices], n=3)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

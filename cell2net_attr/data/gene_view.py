@@ -21,8 +21,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from .covariates import suggest
+from ..errors import UserError, suggest
 from .job_index import DataIndex
 from .rows import MatrixInput
 from .sequence import one_hot_all

@@ -8,7 +8,6 @@ error: each output row must name one cell.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._lists import is_list_file, read_list_file
-from ..errors import UserError
+from ..errors import UserError, suggest
 
 _POSITION = re.compile(r"^-?\d+$")
 _RANGE = re.compile(r"^(-?\d+)?:(-?\d+)?$")
@@ -135,9 +134,8 @@ def _names(tokens: Sequence[str], obs_names: pd.Index) -> np.ndarray:
     pos = obs_names.get_indexer(list(tokens))
     if (pos < 0).any():
         unknown = [t for t, p in zip(tokens, pos) if p < 0]
-        hint = difflib.get_close_matches(unknown[0], obs_names.tolist(), n=3) if len(obs_names) < 200_000 else []
+        tip = suggest(unknown[0], obs_names) if len(obs_names) <= 20_000 else ""  # a hint, not a long scan
         more = f" and {len(unknown) - SHOW} more" if len(unknown) > SHOW else ""
-        tip = f" (did you mean {', '.join(hint)}?)" if hint else ""
         raise UserError(f"unknown obs name(s): {', '.join(unknown[:SHOW])}{more}{tip}", param="idx")
     return pos.astype(np.int64)
 

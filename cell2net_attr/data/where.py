@@ -16,8 +16,7 @@ import tokenize
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from .covariates import suggest
+from ..errors import UserError, suggest
 
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge}

@@ -3,4 +3,4 @@
 #: Figure kinds of ``plot``.
 KINDS = ("dotplot", "heatmap")
 #: Row orders of a figure (see :func:`cell2net_attr.downstream.plots.display_order`).
-ORDERS = ("groups", "value", "input")
+ORDERS = ("groups", "value", "input", "genome")

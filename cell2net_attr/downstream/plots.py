@@ -1,13 +1,18 @@
 """Figures of TF (or peak) attributions per group: a dotplot and a heatmap, drawn with matplotlib (imported lazily).
 
 Figures are built on matplotlib's object API with the Agg canvas, so drawing never touches pyplot's global
-state or the backend of a notebook. The layout is set in inches from the number of TFs and groups: every
-TF keeps a 0.15-inch row with a 7-point label, so labels stay readable at 300 TFs (the figure grows
-instead), and the colour bar and the dot-size legend sit at the top right.
+state or the backend of a notebook. Everything is placed in inches: every row keeps a 0.15-inch pitch with a
+7-point label, so labels stay readable at 300 TFs (the figure grows instead); the colour bar and the dot-size
+legend stand side by side right of the grid; the title is one line (the first of the candidate titles that
+fits the figure's width); and the figure is then cut to its content plus a small margin, so no part of the
+canvas is left blank.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +27,31 @@ ROW_IN = 0.15  # inches per TF row
 COL_IN = 0.34  # inches per group column
 TF_FONT = 7.0  # points
 GROUP_FONT = 8.0
+TITLE_FONT = 11.0
 MAX_DOT_PT = 9.5  # diameter of a dot for a fraction of 1, in points
 MIN_DOT_AREA = 0.08  # share of the full area kept by a dot for a fraction of 0 (its colour stays visible)
 CMAP = "RdBu_r"
-TITLE_CHAR_IN = 0.095  # width of a title character (11 pt), a generous estimate
+MISSING = "0.8"  # a heatmap cell without a value (white is 0)
 TOP_LABELS_ABOVE = 40  # rows from which group names are shown above the grid too
+PAD = 0.1  # margin around the content, inches
+SHOWN_FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the dot-size legend
+#: Text unhinted while a figure is laid out and saved: hinting changes the width of small text with the
+#: resolution (by up to 9% at 7 points), so a layout measured at one dpi would not hold at another.
+TEXT_RC = {"text.hinting": "no_hinting"}
+
+
+def _unhinted(draw):
+    """Run a figure function with :data:`TEXT_RC` in force."""
+    import functools
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(TEXT_RC):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def genes_title(genes: list[str], listed: int = 4) -> str:
@@ -36,6 +61,23 @@ def genes_title(genes: list[str], listed: int = 4) -> str:
     return f"{len(genes)} genes ({', '.join(genes[:listed])}, ...)"
 
 
+# --- row order -------------------------------------------------------------------------------------------
+
+_PEAK = re.compile(r"^(?:chr)?([^:_\-\s]+)[:_\-](\d+)[_\-](\d+)$", re.IGNORECASE)
+_CHROM_RANK = {**{str(i): i for i in range(1, 100)}, "X": 100, "Y": 101, "M": 102, "MT": 102}
+
+
+def genomic_key(name: str) -> tuple:
+    """A sort key placing peaks named ``chr1-1000-1500`` (or ``chr1:1000-1500``, ``chr1_1000_1500``; a
+    ``" (gene)"`` suffix is ignored) by chromosome in natural order (1, 2, ..., 22, X, Y, M, then the others
+    by name), start and end; names that are not peaks come last."""
+    peak = str(name).split(" (", 1)[0].strip()
+    m = _PEAK.match(peak)
+    if not m:
+        return (2, 0, "", 0, 0)
+    chrom, start, end = m.group(1), int(m.group(2)), int(m.group(3))
+    rank = _CHROM_RANK.get(chrom.upper())
+    return (0, rank, "", start, end) if rank is not None else (1, 0, chrom, start, end)
 
 
 def display_order(matrix: pd.DataFrame, how: str = "groups") -> list:
@@ -43,18 +85,22 @@ def display_order(matrix: pd.DataFrame, how: str = "groups") -> list:
 
     ``groups``: by the group where a TF's z-score across groups is highest, then by that z-score, so the
     figure reads as a diagonal (with one group, as ``value``); ``value``: by the mean over groups, largest
-    first; ``input``: as given.
+    first; ``input``: as given; ``genome``: peaks by chromosome, start and end (see :func:`genomic_key`).
     """
     if how not in ORDERS:
         raise UserError(f"unknown order {how!r}, choose from {', '.join(ORDERS)}", param="order")
     values = matrix.to_numpy(dtype=np.float64)
     if how == "input" or values.size == 0:
         return list(matrix.index)
+    if how == "genome":
+        return sorted(matrix.index, key=genomic_key)  # sorted is stable
     if how == "value" or values.shape[1] < 2:
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row of NaN only: no mean
             key = np.nan_to_num(np.nanmean(values, axis=1), nan=-np.inf)
         return list(matrix.index[np.argsort(-key, kind="stable")])
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows with fewer than 2 values: no spread
         mean = np.nanmean(values, axis=1, keepdims=True)
         sd = np.nanstd(values, axis=1, ddof=1, keepdims=True)
         z = np.where(sd > 0, (values - mean) / sd, 0.0)
@@ -64,56 +110,88 @@ def display_order(matrix: pd.DataFrame, how: str = "groups") -> list:
     return list(matrix.index[order])
 
 
-def _layout(n_rows: int, n_cols: int, row_labels, col_labels, legend_h: float, title: str):
-    """Figure size, the grid's rectangle (figure fractions) and the title wrapped to the figure's width."""
-    import textwrap
-
-    left = 0.3 + 0.058 * max((len(str(s)) for s in row_labels), default=4)
-    longest = max((len(str(s)) for s in col_labels), default=1)
-    rotate = 0.075 * longest > COL_IN
-    labels_h = 0.065 * longest if rotate else 0.15
-    bottom = 0.4 + labels_h
-    top_labels = n_rows > TOP_LABELS_ABOVE  # a tall figure repeats the group names above the grid
-    right, gap = 1.55, 0.35
-    grid_w, grid_h = max(n_cols * COL_IN, 0.8), n_rows * ROW_IN
-    width = left + grid_w + gap + right
-    lines = textwrap.wrap(title, max(20, int((width - 0.3) / TITLE_CHAR_IN))) or [""]
-    top = 0.55 + 0.2 * len(lines) + (labels_h if top_labels else 0.0)
-    height = max(top + grid_h + bottom, top + legend_h + 0.3)
-    grid = [left / width, 1 - (top + grid_h) / height, grid_w / width, grid_h / height]
-    side_x = (left + grid_w + gap) / width
-    return (width, height), grid, side_x, rotate, top, top_labels, "\n".join(lines)
+# --- layout in inches ------------------------------------------------------------------------------------
 
 
-def _start(matrix: pd.DataFrame, legend_h: float, title: str):
-    """A new figure laid out for ``matrix`` (TF rows, group columns), its grid axes and the layout."""
+class _Sheet:
+    """A figure whose axes and texts are placed in inches from a top-left origin, then cut to its content."""
+
+    def __init__(self, size: tuple[float, float]):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.fig = Figure(figsize=size)
+        FigureCanvasAgg(self.fig)
+        self.renderer = self.fig.canvas.get_renderer()
+        self._axes: list[tuple] = []  # (axes, x, y, w, h)
+        self._texts: list[tuple] = []  # (text, x, y)
+        self._origin = (0.0, 0.0)
+
+    def axes(self, x: float, y: float, w: float, h: float):
+        ax = self.fig.add_axes([0, 0, 1, 1])
+        self._axes.append((ax, x, y, w, h))
+        self._place()
+        return ax
+
+    def text(self, x: float, y: float, s: str, size: float, **kw):
+        t = self.fig.text(0, 0, s, fontsize=size, ha="left", va="top", **kw)
+        self._texts.append((t, x, y))
+        self._place()
+        return t
+
+    def move(self, text, x: float, y: float) -> None:
+        """Place a text of the sheet at (``x``, ``y``)."""
+        self._texts = [(t, x, y) if t is text else (t, tx, ty) for t, tx, ty in self._texts]
+        self._place()
+
+    def extent(self, artist) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of an artist, in the sheet's inches."""
+        box = artist.get_tightbbox(self.renderer)
+        if artist is self.fig:  # a figure's box is in inches
+            box = box.transformed(self.fig.dpi_scale_trans)
+        return self._inches(box)
+
+    def text_width(self, s: str, size: float) -> float:
+        from matplotlib.font_manager import FontProperties
+
+        w, _, _ = self.renderer.get_text_width_height_descent(s, FontProperties(size=size), ismath=False)
+        return w / self.fig.dpi
+
+    def _inches(self, box) -> tuple[float, float, float, float]:
+        dpi, (w, h) = self.fig.dpi, self.fig.get_size_inches()
+        ox, oy = self._origin
+        return (box.x0 / dpi - ox, h - box.y1 / dpi - oy, box.x1 / dpi - ox, h - box.y0 / dpi - oy)
+
+    def _place(self) -> None:
+        w, h = self.fig.get_size_inches()
+        ox, oy = self._origin
+        for ax, x, y, aw, ah in self._axes:
+            ax.set_position([(x + ox) / w, 1 - (y + oy + ah) / h, aw / w, ah / h])
+        for t, x, y in self._texts:
+            t.set_position(((x + ox) / w, 1 - (y + oy) / h))
+
+    def finish(self, pad: float = PAD):
+        """Cut the figure to its content plus ``pad`` on every side; returns the figure."""
+        left, top, right, bottom = self.extent(self.fig)
+        self._origin = (pad - left, pad - top)
+        self.fig.set_size_inches(right - left + 2 * pad, bottom - top + 2 * pad)
+        self._place()
+        return self.fig
+
+
+def _grid(matrix: pd.DataFrame, legend_h: float):
+    """A sheet with the grid axes for ``matrix`` (rows x groups) and the layout around it."""
     rows, cols = list(matrix.index), list(matrix.columns)
-    size, grid, side_x, rotate, top, top_labels, title = _layout(len(rows), len(cols), rows, cols, legend_h, title)
-    fig = _new_figure(size)
-    return fig, fig.add_axes(grid), size, side_x, rotate, top, top_labels, title
-
-
-def _new_figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=size)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _norm(values: np.ndarray):
-    from matplotlib.colors import Normalize
-
-    finite = np.abs(values[np.isfinite(values)])
-    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
-    return Normalize(-vmax, vmax)  # symmetric: white is 0
-
-
-def _row_label(matrix: pd.DataFrame) -> str:
-    """The rows' axis label: ``TF``, or the matrix's index name (``peak``)."""
-    name = matrix.index.name
-    return "TF" if name in (None, "tf") else str(name)
+    grid_w, grid_h = max(len(cols) * COL_IN, 0.6), max(len(rows), 1) * ROW_IN
+    sheet = _Sheet((grid_w + 8, grid_h + legend_h + 3))  # a first size: finish() cuts it to the content
+    widths = [sheet.text_width(str(c), GROUP_FONT) for c in cols]
+    col_w = max(widths, default=0.0)
+    rotate = any((a + b) / 2 > COL_IN - 0.05 for a, b in zip(widths, widths[1:]))  # neighbours would touch
+    top_labels = len(rows) > TOP_LABELS_ABOVE  # a tall figure repeats the group names above the grid
+    grid_top = 0.38 + ((col_w if rotate else 0.15) + 0.1 if top_labels else 0.0)
+    ax = sheet.axes(0.0, grid_top, grid_w, grid_h)
+    sheet.text(0.0, 0.0, "", TITLE_FONT)  # the title: the figure's first text, set when the rest is drawn
+    return sheet, ax, rotate, top_labels, grid_top
 
 
 def _axes_labels(ax, rows: list, cols: list, rotate: bool, xlabel: str | None, top_labels: bool,
@@ -131,67 +209,103 @@ def _axes_labels(ax, rows: list, cols: list, rotate: bool, xlabel: str | None, t
     ax.set_ylabel(ylabel, fontsize=GROUP_FONT + 1)
 
 
-def _colorbar(fig, mappable, side_x: float, top_in: float, height: float, label: str) -> None:
-    h_in = 1.5
-    cax = fig.add_axes([side_x, 1 - (top_in + h_in) / height, 0.14 / fig.get_figwidth(), h_in / height])
-    bar = fig.colorbar(mappable, cax=cax)
+def _row_label(matrix: pd.DataFrame) -> str:
+    """The rows' axis label: ``TF``, or the matrix's index name (``peak``)."""
+    name = matrix.index.name
+    return "TF" if name in (None, "tf") else str(name)
+
+
+def _norm(values: np.ndarray):
+    from matplotlib.colors import Normalize
+
+    finite = np.abs(values[np.isfinite(values)])
+    vmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    return Normalize(-vmax, vmax)  # symmetric: white is 0
+
+
+def _colorbar(sheet: _Sheet, mappable, x: float, top: float, grid_h: float, label: str) -> float:
+    """A colour bar at (``x``, ``top``); returns the right edge of it and its labels."""
+    cax = sheet.axes(x, top, 0.14, float(np.clip(grid_h, 0.8, 1.6)))
+    bar = sheet.fig.colorbar(mappable, cax=cax)
     bar.set_label(label, fontsize=GROUP_FONT)
     bar.ax.tick_params(labelsize=TF_FONT)
+    return sheet.extent(cax)[2]
 
 
-def dotplot(mean: pd.DataFrame, frac: pd.DataFrame, title: str, color_label: str = "mean attribution",
-            xlabel: str | None = None):
+def _dot_area(f) -> np.ndarray:
+    return MAX_DOT_PT ** 2 * (MIN_DOT_AREA + (1 - MIN_DOT_AREA) * np.asarray(f, dtype=np.float64))
+
+
+def _size_legend(sheet: _Sheet, x: float, top: float) -> None:
+    """The dot sizes of :data:`SHOWN_FRACTIONS`, under a two-line title, at (``x``, ``top``)."""
+    title = sheet.text(x, top, "cells with\nattribution > 0", GROUP_FONT)
+    title_h = sheet.extent(title)[3] - top + 0.08
+    n = len(SHOWN_FRACTIONS)
+    lax = sheet.axes(x, top + title_h, 0.75, n * 0.19)
+    lax.scatter(np.zeros(n), np.arange(n), s=_dot_area(SHOWN_FRACTIONS), c="0.55", edgecolors="0.35",
+                linewidths=0.3)
+    for i, f in enumerate(SHOWN_FRACTIONS):
+        lax.text(0.9, i, f"{f:.0%}", va="center", fontsize=TF_FONT)
+    lax.set_xlim(-0.6, 2.6)
+    lax.set_ylim(n - 0.5, -0.5)
+    lax.axis("off")
+
+
+def _title_and_note(sheet: _Sheet, ax, titles: str | Sequence[str], note: str | None) -> None:
+    """The first title that fits the content's width on one line (the last one otherwise), above everything;
+    ``note`` under the grid's labels."""
+    candidates = [titles] if isinstance(titles, str) else list(titles)
+    left, _, right, bottom = sheet.extent(sheet.fig)
+    fits = [t for t in candidates if sheet.text_width(t, TITLE_FONT) <= right - left]
+    title = sheet.fig.texts[0]
+    title.set_text((fits or candidates[-1:])[0])
+    sheet.move(title, left, 0.0)
+    if note:
+        sheet.text(left, sheet.extent(ax)[3] + 0.08, note, TF_FONT, color="0.3")
+
+
+@_unhinted
+def dotplot(mean: pd.DataFrame, frac: pd.DataFrame, title: str | Sequence[str],
+            color_label: str = "mean attribution", xlabel: str | None = None, note: str | None = None):
     """Dots per TF or peak (rows) and group (columns): colour = ``mean``, area = ``frac`` (fraction of cells with a
     positive attribution; a fraction of 0 keeps a small dot so that its colour shows). NaN = no dot.
 
-    Returns a matplotlib ``Figure``.
+    ``title``: a title, or candidates from the longest to the shortest (the first that fits is used);
+    ``note``: a line under the grid (what a missing dot means). Returns a matplotlib ``Figure``.
     """
-    fig, ax, (w, h), side_x, rotate, top, top_labels, title = _start(mean, 3.4, title)
+    sheet, ax, rotate, top_labels, grid_top = _grid(mean, 1.7)
     rows, cols, values = list(mean.index), list(mean.columns), mean.to_numpy(dtype=np.float64)
     fractions = frac.reindex(index=mean.index, columns=mean.columns).to_numpy(dtype=np.float64)
     yy, xx = np.nonzero(np.isfinite(values) & np.isfinite(fractions))
-    full = MAX_DOT_PT ** 2
-
-    def area(f):
-        return full * (MIN_DOT_AREA + (1 - MIN_DOT_AREA) * np.asarray(f))
-
-    norm = _norm(values)
-    points = ax.scatter(xx, yy, s=area(fractions[yy, xx]), c=values[yy, xx], cmap=CMAP, norm=norm,
+    points = ax.scatter(xx, yy, s=_dot_area(fractions[yy, xx]), c=values[yy, xx], cmap=CMAP, norm=_norm(values),
                         edgecolors="0.35", linewidths=0.3, zorder=3)
     ax.grid(True, color="0.92", linewidth=0.5, zorder=0)
     ax.set_axisbelow(True)
     _axes_labels(ax, rows, cols, rotate, xlabel, top_labels, _row_label(mean))
-    fig.suptitle(title, fontsize=GROUP_FONT + 3, x=0.15 / w, y=1 - 0.2 / h, ha="left", va="top")
-    _colorbar(fig, points, side_x, top, h, color_label)
-
-    # size legend under the colour bar
-    leg_top = top + 1.5 + 0.55
-    lax = fig.add_axes([side_x, 1 - (leg_top + 1.3) / h, 1.1 / w, 1.3 / h])
-    shown = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    lax.scatter(np.zeros(len(shown)), np.arange(len(shown)), s=area(shown), c="0.55", edgecolors="0.35",
-                linewidths=0.3)
-    for i, f in enumerate(shown):
-        lax.text(0.7, i, f"{f:.0%}", va="center", fontsize=TF_FONT)
-    lax.set_xlim(-0.8, 2.5)
-    lax.set_ylim(len(shown) - 0.4, -0.9)
-    lax.set_title("cells with\nattribution > 0", fontsize=GROUP_FONT, loc="left")
-    lax.axis("off")
-    return fig
+    grid_right = sheet.extent(ax)[2]
+    right = _colorbar(sheet, points, grid_right + 0.25, grid_top, len(rows) * ROW_IN, color_label)
+    _size_legend(sheet, right + 0.15, grid_top)
+    _title_and_note(sheet, ax, title, note)
+    return sheet.finish()
 
 
-def heatmap(matrix: pd.DataFrame, title: str, color_label: str = "TF activity", xlabel: str | None = None):
-    """TF or peak (rows) x group (columns) heatmap with a colour scale symmetric around 0. Returns a ``Figure``."""
-    fig, ax, (w, h), side_x, rotate, top, top_labels, title = _start(matrix, 1.8, title)
+@_unhinted
+def heatmap(matrix: pd.DataFrame, title: str | Sequence[str], color_label: str = "TF activity",
+            xlabel: str | None = None, note: str | None = None):
+    """TF or peak (rows) x group (columns) heatmap with a colour scale symmetric around 0; NaN cells are grey.
+    ``title`` and ``note`` as for :func:`dotplot`. Returns a ``Figure``."""
+    sheet, ax, rotate, top_labels, grid_top = _grid(matrix, 1.2)
     rows, cols, values = list(matrix.index), list(matrix.columns), matrix.to_numpy(dtype=np.float64)
     mesh = ax.pcolormesh(np.arange(len(cols) + 1) - 0.5, np.arange(len(rows) + 1) - 0.5,
                          np.ma.masked_invalid(values), cmap=CMAP, norm=_norm(values), shading="flat",
                          edgecolors="face", linewidth=0, antialiased=False)
+    ax.set_facecolor(MISSING)
     _axes_labels(ax, rows, cols, rotate, xlabel, top_labels, _row_label(matrix))
     for spine in ax.spines.values():
         spine.set_linewidth(0.5)
-    fig.suptitle(title, fontsize=GROUP_FONT + 3, x=0.15 / w, y=1 - 0.2 / h, ha="left", va="top")
-    _colorbar(fig, mesh, side_x, top, h, color_label)
-    return fig
+    _colorbar(sheet, mesh, sheet.extent(ax)[2] + 0.25, grid_top, len(rows) * ROW_IN, color_label)
+    _title_and_note(sheet, ax, title, note)
+    return sheet.finish()
 
 
 def check_figure_output(out: str | Path, overwrite: bool) -> Path:
@@ -209,7 +323,7 @@ def save_figure(fig, out: str | Path, dpi: int = 150) -> None:
 
     out = Path(out)
     fmt = out.suffix.lower().lstrip(".")
-    with atomic_output(out) as tmp, matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none"}):
+    with atomic_output(out) as tmp, matplotlib.rc_context({"pdf.fonttype": 42, "svg.fonttype": "none", **TEXT_RC}):
         fig.savefig(tmp, format=fmt, dpi=dpi, facecolor="white", metadata=_metadata(fmt))
 
 

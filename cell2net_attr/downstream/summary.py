@@ -69,12 +69,17 @@ class GeneStats:
     target: str = "tfs"
 
 
-def gene_stats(attr: Attributions, groups: Groups | None) -> GeneStats:
-    """Mean, std (ddof 0) and positive count per group and feature; ``groups=None`` = all cells as one group."""
+def gene_stats(attr: Attributions, groups: Groups | None, codes: np.ndarray | None = None) -> GeneStats:
+    """Mean, std (ddof 0) and positive count per group and feature; ``groups=None`` = all cells as one group.
+
+    ``codes``: the group codes of ``attr``'s cells when the caller has them already (``groups.codes_for``
+    of the same cells); otherwise they are matched here.
+    """
     if groups is None:
         codes, labels = np.zeros(len(attr.obs_names), dtype=np.int64), [None]
     else:
-        codes, labels = groups.codes_for(attr.obs_names, attr.path), groups.order
+        codes = groups.codes_for(attr.obs_names, attr.path) if codes is None else codes
+        labels = groups.order
     kept = codes >= 0
     n_missing = int((~kept).sum())
     order = np.argsort(codes[kept], kind="stable")
@@ -153,6 +158,7 @@ class Summary:
     shards: dict[str, tuple[int, int]] = field(default_factory=dict)  # gene -> (index, count) of partial files
     empty_groups: list = field(default_factory=list)  # groups of the column with no cell in any file
     target: str = "tfs"
+    n_top: int | None = None  # each gene's n_top TFs (peaks) per group were kept, largest mean first
 
     @property
     def feature(self) -> str:
@@ -208,6 +214,7 @@ def summarize(files: Iterable[str | Path], data: str | Path | object | None = No
     groups_of = _groups_of(files, data, groupby)
     order = next(iter(groups_of.values())).order if groups_of else None
     tables, genes, missing, shards, targets = [], {}, {}, {}, {}
+    last: tuple = ()  # (groups, obs names, their codes) of the previous file
     for i, path in enumerate(files):
         attr = read_attributions(path)
         if attr.gene in genes:
@@ -219,7 +226,11 @@ def summarize(files: Iterable[str | Path], data: str | Path | object | None = No
             raise UserError(f"holds {FEATURE_LABEL[attr.target]} attributions but {other[1]} holds "
                             f"{FEATURE_LABEL[other[0]]} attributions: summarize them separately", path)
         genes[attr.gene], targets[attr.target] = path, path
-        stats = gene_stats(attr, groups_of.get(path))
+        groups = groups_of.get(path)
+        if groups is not None and not (last and last[0] is groups and last[1].equals(attr.obs_names)):
+            last = (groups, attr.obs_names, groups.codes_for(attr.obs_names, path))
+        # run-many outputs share their cells: the codes of the previous file serve again
+        stats = gene_stats(attr, groups, last[2] if groups is not None else None)
         if stats.n_missing:
             missing[attr.gene] = stats.n_missing
         if stats.shard:
@@ -235,7 +246,7 @@ def summarize(files: Iterable[str | Path], data: str | Path | object | None = No
         table[groupby] = pd.Categorical(table[groupby], categories=order)
         seen = set(table[groupby].dropna().unique())
         empty = [g for g in order if g not in seen]
-    return Summary(table, groupby, list(genes), missing, shards, empty, next(iter(targets)))
+    return Summary(table, groupby, list(genes), missing, shards, empty, next(iter(targets)), n_top)
 
 
 def _groups_of(files: list[Path], data, groupby: str | None) -> dict[Path, Groups]:
@@ -263,7 +274,7 @@ def limit_per_gene(summary: Summary, n_top: int) -> Summary:
     start = first.loc[kept.index].groupby(block.to_numpy()).transform("min")
     kept = kept.iloc[np.lexsort((np.arange(len(kept)), start.to_numpy()))].reset_index(drop=True)
     return Summary(kept, summary.groupby, summary.genes, summary.missing, summary.shards, summary.empty_groups,
-                   summary.target)
+                   summary.target, n_top)
 
 
 def check_top(n: int | None, param: str) -> None:

@@ -14,7 +14,7 @@ from .._compat import read_elem
 from ..errors import UserError, first_line
 from .formats import format_of, read_header, read_matrix
 from .layouts import index_names
-from .schema import FEATURE_LABEL, FEATURE_NAMES
+from .schema import ENCODING_TYPES, FEATURE_LABEL, FEATURE_NAMES, UNS_KEY
 
 
 @dataclass
@@ -86,3 +86,31 @@ def read_obs_column(path: str | Path, column: str) -> pd.Series:
         raise UserError(f"cannot read obs column {column!r} ({first_line(exc, 120)})",
                         path) from exc
     return pd.Series(values, index=pd.Index(names))
+
+
+def declared_kind(path: str | Path) -> str:
+    """What an HDF5 file says it is, by its ``encoding-type``: a key of :data:`ENCODING_TYPES` for our outputs
+    (``attributions``, ``summary``, ``activity``), ``mudata`` or ``anndata`` for other such files, ``""`` when
+    it declares nothing or is not a readable HDF5 file.
+
+    Summary and activity AnnData written before they carried an ``encoding-type`` are told by
+    ``uns[UNS_KEY]["kind"]``.
+    """
+    ours = {v: k for k, v in ENCODING_TYPES.items()}
+    try:
+        with h5py.File(Path(path), "r") as f:
+            root = _text(f.attrs.get("encoding-type", ""))
+            meta = f.get(f"uns/{UNS_KEY}") if root.lower() == "anndata" else None
+            if not isinstance(meta, h5py.Group):
+                return ours.get(root, root.lower() if root.lower() in ("mudata", "anndata") else "")
+            declared = _text(meta["encoding-type"][()]) if "encoding-type" in meta else ""
+            legacy = _text(meta["kind"][()]) if "kind" in meta else ""
+    except (OSError, KeyError, ValueError, TypeError):
+        return ""
+    return ours.get(declared) or (legacy if legacy in ("summary", "activity") else "anndata")
+
+
+def _text(value) -> str:
+    """An HDF5 attribute or scalar dataset as text."""
+    value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0 else value
+    return value.decode() if isinstance(value, bytes) else str(value)

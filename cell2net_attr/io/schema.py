@@ -25,6 +25,10 @@ from ..errors import UserError
 
 ENCODING_TYPE = "cell2net-attr"
 ENCODING_VERSION = "1.0.0"
+#: The ``encoding-type`` of each kind of output: attribution files (root attributes of ``.h5``,
+#: ``uns[UNS_KEY]`` of ``.h5ad``), and the AnnData outputs of ``summarize`` and ``activity`` (``uns[UNS_KEY]``).
+ENCODING_TYPES = {"attributions": ENCODING_TYPE, "summary": "cell2net-attr-summary",
+                  "activity": "cell2net-attr-activity"}
 
 ATTRIBUTIONS = "attributions"
 OBS_NAMES = "obs_names"

@@ -1,6 +1,6 @@
 """cell2net-attr: Integrated-Gradients attributions for Cell2Net checkpoints, fast and safe.
 
-The notebook API (:func:`load_model`, :func:`tf_attr`, :func:`peak_attr`, and the tables
+The notebook API (:func:`load_model`, :func:`tf_attr`, :func:`peak_attr`, :func:`set_threads`, and the tables
 :func:`tf_to_gene`, :func:`peak_to_gene`, :func:`get_top_tfs`) is imported on first use, so that
 ``import cell2net_attr`` and the light commands (``--help``, downstream tables) never load torch.
 """
@@ -11,12 +11,12 @@ from typing import Any
 
 from ._version import __version__
 
-__all__ = ["AttributionModel", "load_model", "peak_attr", "tf_attr", "tf_to_gene", "peak_to_gene", "get_top_tfs",
-           "__version__"]
+__all__ = ["AttributionModel", "load_model", "peak_attr", "tf_attr", "set_threads", "tf_to_gene", "peak_to_gene",
+           "get_top_tfs", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("AttributionModel", "load_model", "peak_attr", "tf_attr"):
+    if name in ("AttributionModel", "load_model", "peak_attr", "tf_attr", "set_threads"):
         from . import api
 
         return getattr(api, name)

@@ -1,4 +1,5 @@
-"""The notebook API: :func:`load_model`, :func:`tf_attr` and :func:`peak_attr`, mirroring cell2net's."""
+"""The notebook API: :func:`load_model`, :func:`tf_attr` and :func:`peak_attr`, mirroring cell2net's, and
+:func:`set_threads` (torch's CPU threads: on a shared node, the cores this process may use)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from .pipeline.lifecycle import Lifecycle
 from .pipeline.options import RunOptions
 from .pipeline.progress import NullProgress, Progress
 from .pipeline.stream import Blocks
+from .pipeline.threads import set_threads
 
-__all__ = ["AttributionModel", "load_model", "tf_attr", "peak_attr", "attribute"]
+__all__ = ["AttributionModel", "load_model", "tf_attr", "peak_attr", "attribute", "set_threads"]
 
 #: Upstream's ``batch_size`` and ``num_workers`` defaults (its signature); everything else is RunOptions'.
 UPSTREAM_BATCH_SIZE, UPSTREAM_NUM_WORKERS = 4, 1

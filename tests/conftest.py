@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -131,3 +134,76 @@ def atlas(tmp_path_factory):
         values = rng.normal(size=(n_cells, n_tfs)).astype(np.float32)
         genes[g] = (write_attr(d / f"{g}.h5", g, cells, tfs, values), cells, tfs, values)
     return {"dir": d, "data": data, "obs": obs, "genes": genes}
+
+
+# --- the command line, in-process and as a real process (shared by the CLI, resume and downstream tests) ---
+
+
+def invoke(args, **kw):
+    """``cell2net-attr ARGS`` in-process (typer's runner); arguments may be paths."""
+    from typer.testing import CliRunner
+
+    from cell2net_attr.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+def cli(*args: str, columns: int = 200, **kw) -> subprocess.CompletedProcess:
+    """``cell2net-attr ARGS`` as its own process, in a terminal ``columns`` wide."""
+    env = {**os.environ, "COLUMNS": str(columns)}
+    return subprocess.run([sys.executable, "-m", "cell2net_attr", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=120, **kw)
+
+
+def run_cmd(ck, data, out, *extra) -> list[str]:
+    """The command line of ``cell2net-attr run`` (covariates cov0,cov1) for a subprocess."""
+    return [sys.executable, "-m", "cell2net_attr", "run", str(ck), str(data), "--covariates", COVARIATES,
+            "--out", str(out), *extra]
+
+
+def interrupt(cmd, partial, sig, min_chunks=1):
+    """Start ``cmd``, wait until it has saved ``min_chunks`` chunk files in ``partial``, send ``sig``."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if partial.is_dir() and len(list(partial.glob("chunk-*.npz"))) >= min_chunks:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=90)
+    return proc.returncode, err
+
+
+def write_peak_attr(path, gene, obs, peaks, values):
+    """A peak attribution file as `cell2net-attr run --target peaks` writes it."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("attributions", data=np.asarray(values, dtype=np.float32))
+        f.create_dataset("obs_names", data=np.asarray(obs, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("peak_names", data=np.asarray(peaks, dtype=object), dtype=h5py.string_dtype())
+        f.attrs.update(gene=gene, target="peaks", n_steps=100, method="gausslegendre")
+    return path
+
+
+def assert_ig_close(got, ref, method: str = "gausslegendre", n_steps: int = 100, rtol: float = 1e-5,
+                    rare: float = 0.01) -> None:
+    """Two Integrated-Gradients results agree: every value within ``rtol`` x max|ref|, except rare cells (at
+    most ``rare`` of the rows, at least one) that differ by at most one quadrature node's weight times the
+    cell's largest attribution. Such a cell is a node that landed on a hidden ReLU unit's switch within float
+    rounding, counted on one side by one engine and on the other by the other (captum does the same); the
+    closed form (``method="exact"``) has no nodes and no exception."""
+    from cell2net_attr._compat import quadrature
+
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape
+    scale = np.abs(ref).max()
+    deviation = np.abs(got - ref).reshape(len(ref), -1).max(axis=1)
+    off = np.flatnonzero(deviation > rtol * scale)
+    if method == "exact" or not len(off):
+        assert not len(off), f"cells {off[:5].tolist()} differ by up to {deviation.max() / scale:.2e} relative"
+        return
+    node = max(abs(w) for w in quadrature(method, n_steps)[1])
+    assert len(off) <= max(1, int(rare * len(ref))), f"{len(off)} of {len(ref)} cells differ beyond {rtol}"
+    row_scale = np.maximum(np.abs(ref), np.abs(got)).reshape(len(ref), -1).max(axis=1)[off]
+    assert (deviation[off] <= node * row_scale * (1 + 1e-3)).all(), (
+        f"cells {off.tolist()} differ by {deviation[off].tolist()}, more than one node's weight {node:.3g}")

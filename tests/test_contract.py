@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import cell2net_attr
@@ -85,22 +87,50 @@ def test_tfs_and_architecture_match_manifest(upstream, manifest):
             model.close()
 
 
+class PeaksTF2GeneExpressionPoisson(torch.nn.Module):
+    """The shape of upstream 0.13's module: its class name, its sizes as plain attributes (no ``spec``), its
+    submodules under upstream's names; the forward is upstream's signature."""
+
+    def __init__(self, weights_from: torch.nn.Module) -> None:
+        super().__init__()
+        spec = weights_from.spec
+        self.n_peaks, self.peak_len, self.n_tfs, self.n_covariates = (spec.n_peaks, spec.peak_len, spec.n_tfs,
+                                                                        spec.n_covariates)
+        self.n_filters, self.n_channels, self.kernel_size = list(spec.n_filters), spec.n_channels, spec.kernel_size
+        self.n_dims, self.n_attn_blocks, self.dropout_rate = spec.n_dims, spec.n_attn_blocks, 0.25
+        for name in ("seq_encoder", "attn_blocks", "merge_seq_atac", "fc"):
+            setattr(self, name, copy.deepcopy(getattr(weights_from, name)))
+
+    def forward(self, peak_seq, peak_acc, peak_dist, tf_exp, covariates):  # pragma: no cover - never called
+        raise AssertionError("cell2net-attr must use its own module")
+
+
+class Cell2Net:
+    """The shape of upstream's ``cell2net.Cell2Net`` model object (without importing cell2net)."""
+
+    def __init__(self, module, mdata, gene: str, covariates: list[str], device: str) -> None:
+        self.module, self.mdata, self.gene, self.covariates, self.device = module, mdata, gene, covariates, device
+
+
 def test_upstream_style_object_is_accepted(upstream, manifest):
-    """An object with upstream Cell2Net's attributes (module, mdata, covariates, device) works as is."""
+    """An upstream-shaped Cell2Net (its module's sizes read from attributes) reproduces the reference, and its
+    module is left as it was."""
     import mudata as md
 
+    from cell2net_attr.model.architecture import Cell2NetModule
     from cell2net_attr.model.checkpoint import load_checkpoint
-
-    class Upstreamish:  # what cell2net.Cell2Net exposes, without importing cell2net
-        pass
+    from cell2net_attr.pipeline.binding import as_model
 
     ck = load_checkpoint(upstream / "models" / "GENE0.pt")
-    obj = Upstreamish()
-    obj.module, obj.covariates, obj.device, obj.gene = ck.build_module(), ["cov0", "cov1"], "cpu", "GENE0"
-    obj.mdata = md.read_h5mu(upstream / "models" / "GENE0.h5mu")
+    module = PeaksTF2GeneExpressionPoisson(ck.build_module())
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    obj = Cell2Net(module, md.read_h5mu(upstream / "models" / "GENE0.h5mu"), "GENE0", ["cov0", "cov1"], "cpu")
+    ours = as_model(obj)
+    assert isinstance(ours.module, Cell2NetModule) and ours.module.spec == ck.spec
     ref = manifest["models"]["GENE0"]["refs"][2]  # obs names, 100 steps
     got = cell2net_attr.tf_attr(obj, idx=ref["idx"], n_steps=ref["n_steps"])
     _assert_close(got, np.load(upstream / "ref" / ref["file"]))
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
 
 
 def test_h5_output_layout(upstream, tmp_path):

@@ -19,9 +19,7 @@ from cell2net_attr.io import reader
 from cell2net_attr.io import schema
 from cell2net_attr.io.schema import UNS_KEY
 
-from .conftest import COVARIATES, write_attr
-from .test_first_hour import cli
-from .test_tables import invoke
+from .conftest import COVARIATES, cli, invoke, write_attr
 
 
 def ok(args):

@@ -714,10 +714,8 @@ def test_index_file_is_a_directory(case, tmp_path):
 def test_index_very_long_list_from_file(case, tmp_path, tokens, what):
     path = tmp_path / "cells.txt"
     path.write_text("\n".join(tokens) + "\n")
-    t0 = time.monotonic()
     msg = run_case(case, "--idx", f"@{path}", mention=["--idx", what])
     assert len(msg) < 400, "a long list must not flood the terminal"
-    assert time.monotonic() - t0 < 20
 
 
 def test_index_long_valid_list_from_file_and_stdin(case, tmp_path):

@@ -10,8 +10,7 @@ import pytest
 
 from cell2net_attr.downstream import activity, figure, plots, summary, tables_io
 
-from .test_summaries import write_peak_attr
-from .test_tables import invoke
+from .conftest import invoke, write_peak_attr
 
 GROUPS = ["B cells", "CD14 Monocytes", "NK", "CD4 T"]
 

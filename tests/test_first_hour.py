@@ -4,9 +4,6 @@ positions vs names, run-many given one checkpoint twice, the report over reruns.
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,13 +12,7 @@ import pytest
 from cell2net_attr.data.selection import resolve_tokens
 from cell2net_attr.errors import UserError
 
-from .conftest import COVARIATES
-
-
-def cli(*args: str, columns: int = 200, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": str(columns)}
-    return subprocess.run([sys.executable, "-m", "cell2net_attr", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120, **kw)
+from .conftest import COVARIATES, cli
 
 
 @pytest.mark.parametrize("columns", [60, 200])

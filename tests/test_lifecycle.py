@@ -46,7 +46,7 @@ def test_an_output_of_another_run_is_refused_not_skipped(demo_atlas, tmp_path, c
     assert r.exit_code == 2, r.output
     assert "0 done, 0 skipped" in r.stderr and "3 failed" in r.stderr
     for g in ("GA", "GB", "GC"):
-        line = next(ln for ln in r.stderr.splitlines() if ln.startswith(f"[") and f"] {g} failed" in ln)
+        line = next(ln for ln in r.stderr.splitlines() if ln.startswith("[") and f"] {g} failed" in ln)
         assert "holds the output of another run" in line and named in line and "--overwrite" in line, line
     assert _stamps(out) == stamps  # nothing touched
     report = _report(out)

@@ -18,7 +18,7 @@ from cell2net_attr.engines.registry import make_engine
 from cell2net_attr.model.architecture import ModelSpec
 from cell2net_attr.synthetic import random_module
 
-from .conftest import COVARIATES, UPSTREAM
+from .conftest import COVARIATES, UPSTREAM, interrupt, run_cmd
 
 
 def _cases():
@@ -140,15 +140,14 @@ def test_peaks_resume_after_kill_equals_uninterrupted(demo_atlas, tmp_path, monk
     import signal
     import subprocess
 
-    from .test_resume import _cmd, _interrupt
 
     monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
     data, cks = demo_atlas
     ref, _, ref_delta = _peaks(demo_atlas, tmp_path / "ref.h5", "--batch-size", "1", engine="captum")
     out, partial = tmp_path / "p.h5", tmp_path / ".p.h5.partial"
-    cmd = _cmd(cks[0], data, out, "--target", "peaks", "--engine", "captum", "--batch-size", "1", "--n-steps", "16",
+    cmd = run_cmd(cks[0], data, out, "--target", "peaks", "--engine", "captum", "--batch-size", "1", "--n-steps", "16",
                "--delta", "-q")
-    rc, err = _interrupt(cmd, partial, signal.SIGKILL)
+    rc, err = interrupt(cmd, partial, signal.SIGKILL)
     assert rc == -9, err
     assert not out.exists() and list(partial.glob("chunk-*.npz"))
     r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)

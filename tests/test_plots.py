@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cell2net_attr.cli import app
 from cell2net_attr.downstream import activity, plots, summary
 
-from .test_tables import write_attr, write_h5mu
+from .conftest import write_attr, write_h5mu
 
 
 def invoke(args):

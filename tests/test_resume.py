@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 
 import h5py
 import numpy as np
@@ -14,12 +12,7 @@ from typer.testing import CliRunner
 
 from cell2net_attr.cli import app
 
-from .conftest import COVARIATES, default_sigint, sha256_tree
-
-
-def _cmd(ck, data, out, *extra):
-    return [sys.executable, "-m", "cell2net_attr", "run", str(ck), str(data), "--covariates", COVARIATES,
-            "--out", str(out), *extra]
+from .conftest import COVARIATES, interrupt, run_cmd, sha256_tree
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +22,8 @@ def slow_run(demo_atlas, tmp_path_factory):
     ck = checkpoints[0]
     ref = tmp_path_factory.mktemp("ref") / "ref.h5"
     args = ("--engine", "captum", "--batch-size", "1", "--n-steps", "24", "--delta", "-q")
-    subprocess.run(_cmd(ck, data, ref, *args), check=True)
+    subprocess.run(run_cmd(ck, data, ref, *args), check=True)
     return ck, data, args, ref
-
-
-def _interrupt(cmd, partial, sig, min_chunks=1):
-    """Start ``cmd``, wait until it has saved ``min_chunks`` chunk files, send ``sig``."""
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        if partial.is_dir() and len(list(partial.glob("chunk-*.npz"))) >= min_chunks:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=90)
-    return proc.returncode, err
 
 
 def _same(a, b):
@@ -62,14 +41,14 @@ def test_interrupt_then_resume_equals_uninterrupted(slow_run, tmp_path, monkeypa
     before = sha256_tree(data, ck)
     out = tmp_path / "a.h5"
     partial = tmp_path / ".a.h5.partial"
-    rc, err = _interrupt(_cmd(ck, data, out, *args), partial, sig)
+    rc, err = interrupt(run_cmd(ck, data, out, *args), partial, sig)
     assert rc == code, err
     assert not out.exists() and "Traceback" not in err
     if sig != signal.SIGKILL:
         assert "--resume" in err and "cells saved" in err
     saved = sorted(p.name for p in partial.glob("chunk-*.npz"))
     assert saved and saved[0].startswith("chunk-000000000000-")
-    r = subprocess.run(_cmd(ck, data, out, *args, "--resume"), capture_output=True, text=True)
+    r = subprocess.run(run_cmd(ck, data, out, *args, "--resume"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     _same(out, ref)
     assert not partial.exists()
@@ -80,9 +59,9 @@ def test_rerun_without_resume_starts_over(slow_run, tmp_path, monkeypatch):
     monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
     ck, data, args, ref = slow_run
     out = tmp_path / "a.h5"
-    rc, _ = _interrupt(_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
+    rc, _ = interrupt(run_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
     assert rc == 143
-    r = subprocess.run(_cmd(ck, data, out, *args), capture_output=True, text=True)
+    r = subprocess.run(run_cmd(ck, data, out, *args), capture_output=True, text=True)
     assert r.returncode == 0 and "discarding the partial output" in r.stderr
     _same(out, ref)
 
@@ -92,7 +71,7 @@ def _resume_with_other_options(slow_run, tmp_path, monkeypatch, change):
     monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
     ck, data, args, _ = slow_run
     out = tmp_path / "a.h5"
-    rc, _ = _interrupt(_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
+    rc, _ = interrupt(run_cmd(ck, data, out, *args), tmp_path / ".a.h5.partial", signal.SIGTERM)
     assert rc == 143
     return CliRunner().invoke(app, ["run", str(ck), str(data), "--covariates", COVARIATES, "--out", str(out),
                                     *change(args), "--resume"])
@@ -125,13 +104,13 @@ def test_damaged_chunk_is_recomputed(slow_run, tmp_path, monkeypatch):
     ck, data, args, ref = slow_run
     out = tmp_path / "a.h5"
     partial = tmp_path / ".a.h5.partial"
-    rc, _ = _interrupt(_cmd(ck, data, out, *args), partial, signal.SIGTERM, min_chunks=2)
+    rc, _ = interrupt(run_cmd(ck, data, out, *args), partial, signal.SIGTERM, min_chunks=2)
     assert rc == 143
     first = sorted(partial.glob("chunk-*.npz"))[0]
     raw = bytearray(first.read_bytes())
     raw[-40] ^= 0xFF  # one flipped byte inside the archive: it still parses, its checksum fails
     first.write_bytes(bytes(raw))
-    r = subprocess.run(_cmd(ck, data, out, *args, "--resume"), capture_output=True, text=True)
+    r = subprocess.run(run_cmd(ck, data, out, *args, "--resume"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "damaged" in r.stderr and first.name in r.stderr
     _same(out, ref)

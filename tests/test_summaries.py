@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import re
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,9 +13,7 @@ from scipy.stats import norm
 
 from cell2net_attr.downstream import activity, summary, tables_io
 
-from .conftest import COVARIATES, write_attr, write_h5mu
-from .test_first_hour import cli
-from .test_tables import invoke
+from .conftest import COVARIATES, cli, invoke, write_attr, write_h5mu, write_peak_attr
 
 PEAK_GROUPS = ["b", "a", "c"]  # category order deliberately unsorted
 
@@ -131,15 +128,6 @@ def test_groupby_without_data_errors(atlas, tmp_path, args, message):
 
 
 # --- peaks: upstream peak_to_gene ------------------------------------------------------------------------
-
-
-def write_peak_attr(path, gene, obs, peaks, values):
-    with h5py.File(path, "w") as f:
-        f.create_dataset("attributions", data=np.asarray(values, dtype=np.float32))
-        f.create_dataset("obs_names", data=np.asarray(obs, dtype=object), dtype=h5py.string_dtype())
-        f.create_dataset("peak_names", data=np.asarray(peaks, dtype=object), dtype=h5py.string_dtype())
-        f.attrs.update(gene=gene, target="peaks", n_steps=100, method="gausslegendre")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,12 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from cell2net_attr.cli import app
 from cell2net_attr.downstream import activity, groups, inputs, summary, tables_io
 from cell2net_attr.errors import UserError
 from cell2net_attr.io import reader
 
-from .conftest import COVARIATES, GROUPS, sha256_tree, write_attr, write_h5mu
-
-
-def invoke(args, **kw):
-    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+from .conftest import COVARIATES, GROUPS, invoke, sha256_tree, write_attr, write_h5mu
 
 
 def reference(values, cells, tfs, gene, labels: pd.Series | None, groupby, n_tfs=None, order=None):

@@ -67,4 +67,7 @@ app.command(help=downstream.PLOT_HELP)(downstream.plot)
 
 def main() -> None:
     """Console-script entry point."""
+    from ..pipeline.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before anything imports torch
     app()

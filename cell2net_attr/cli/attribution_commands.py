@@ -52,14 +52,18 @@ def run(
 
 @shared_options(*RUN_OPTIONS)
 def run_many(
-    models: list[str] = typer.Argument(..., help="Checkpoint directories (*.pt), checkpoints, or @FILE lists."),
+    models: list[str] = typer.Argument(..., help="Checkpoint directories (*.pt), checkpoints, or @FILE lists (one "
+                                                 "checkpoint per line: a path relative to the list, or a gene "
+                                                 "name found in the directories given)."),
     data: Path = typer.Argument(..., help="The full multi-gene .h5mu (read once for all genes)."),
-    out_dir: Path = typer.Option(..., "--out-dir", help="Directory for <gene>.h5 (or .h5ad, .npy) and run-report.tsv."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Directory for <gene>.h5 (or .h5ad, .npy) and run-report.tsv "
+                                                        "(made when missing; its parent must exist)."),
     fmt: OutputFormat = typer.Option("h5", "--format", help="Output format of every gene."),
     **opts,
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
-    from ..pipeline.run_many import Outcome, collect_checkpoints
+    from ..pipeline.models import collect_checkpoints
+    from ..pipeline.run_many import Outcome
     from ..pipeline.run_many import run_many as run_genes
     from ..pipeline.shards import resolve_shard
 

@@ -134,7 +134,9 @@ OPT = {
                                                                   "(0 = none).")),
     "device": (str, typer.Option(_D.device, help="auto, cpu, cuda or cuda:N.")),
     "threads": (Optional[int], typer.Option(_D.threads, min=1, envvar="SLURM_CPUS_PER_TASK", show_envvar=True,
-                                            show_default="torch's own", help="Torch CPU threads.")),
+                                            show_default="the CPUs this process may use",
+                                            help="Torch CPU threads (at most the CPUs this process may use; idle "
+                                                 "threads sleep unless OMP_WAIT_POLICY says otherwise).")),
     "delta": (bool, typer.Option(_D.delta, "--delta", help="Also store the per-cell convergence delta (HDF5).")),
     "overwrite": (bool, typer.Option(_D.overwrite, "--overwrite", help="Replace existing output.")),
     "rna_mod": (str, typer.Option(_D.rna_mod, help="RNA modality name.")),

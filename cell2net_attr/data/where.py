@@ -40,6 +40,26 @@ def where_mask(store, expr: str, n_cells: int) -> np.ndarray:
     return np.asarray(_as_bool(result), dtype=bool)
 
 
+def describe_columns(store, expr: str, limit: int = 12) -> str:
+    """What the columns of ``expr`` hold, for a condition that matched no cell: the values of a categorical,
+    text or boolean column (the closest to a misspelt literal suggested), the range of a numeric one."""
+    tree = _parse(expr)
+    names = sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
+    literals = [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    parts = []
+    for name in names:
+        col = _column(store, name)
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            parts.append(f"{name} ranges from {col.min():g} to {col.max():g}")
+            continue
+        values = [str(v) for v in (col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype)
+                                   else sorted(col.dropna().astype(str).unique()))]
+        more = f" and {len(values) - limit} more" if len(values) > limit else ""
+        hint = next((h for lit in literals if lit not in values and (h := suggest(lit, values))), "")
+        parts.append(f"{name} holds {', '.join(map(repr, values[:limit]))}{more}{hint}")
+    return "; ".join(parts)
+
+
 def _column(store, name: str) -> pd.Series:
     values = store.column("obs", name)
     series = values if isinstance(values, pd.Series) else pd.Series(values)

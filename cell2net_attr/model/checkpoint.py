@@ -15,7 +15,7 @@ import io
 import pickle
 import re
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -90,7 +90,7 @@ def _read_torch_file(path: Path) -> tuple[object, str]:
         raise UserError("checkpoint file not found", path)
     if path.is_dir():
         raise UserError("checkpoint path is a directory, expected a .pt file", path)
-    if _is_hdf5(path):  # the arguments the wrong way round, most likely (checked before reading it all)
+    if is_hdf5(path):  # the arguments the wrong way round, most likely (checked before reading it all)
         raise UserError("this is an HDF5 file (data?), not a PyTorch checkpoint: give the checkpoint (GENE.pt) "
                         "first, then the data (.h5mu)", path)
     try:
@@ -123,7 +123,7 @@ def _torch_load(raw: bytes, path: Path) -> object:
         raise UserError(f"not a readable PyTorch checkpoint ({first_line(exc)})", path) from exc
 
 
-def _is_hdf5(path: Path) -> bool:
+def is_hdf5(path: Path) -> bool:
     """HDF5's signature at 0, 512, 1024, ... (an .h5mu has a 512-byte user block before it)."""
     try:
         with open(path, "rb") as fh:

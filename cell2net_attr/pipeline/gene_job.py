@@ -21,7 +21,7 @@ from ..data.job_index import DataIndex
 from ..data.rows import Batch
 from ..data.selection import resolve_tokens
 from ..data.store import CellNames
-from ..data.where import where_mask
+from ..data.where import describe_columns, where_mask
 from ..engines.base import IGParams
 from ..errors import UserError
 from ..io.formats import OutputFormat
@@ -49,7 +49,8 @@ class Selection:
         if where:
             rows = rows[where_mask(index.store, where, len(names))[rows]]
             if not len(rows):
-                raise UserError(f"no selected cell satisfies {where!r}", param="where")
+                raise UserError(f"no selected cell satisfies {where!r} ({describe_columns(index.store, where)})",
+                                param="where")
         return cls.of(names, rows)
 
     @classmethod

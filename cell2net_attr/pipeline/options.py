@@ -35,7 +35,7 @@ class RunOptions:
     batch_size: int | None = None  # None: the engine's own (see EngineInfo.default_batch)
     num_workers: int = 1
     device: str = "auto"
-    threads: int | None = None  # None: torch's own choice
+    threads: int | None = None  # None: the CPUs this process may use
     delta: bool = _IG.return_delta
     overwrite: bool = False
     resume: bool = False

@@ -8,13 +8,13 @@ is a finished one). A gene that fails is recorded in ``run-report.tsv`` and the 
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from .._lists import is_list_file, read_list_file
 from ..data.covariates import parse_covariates
 from ..data.job_index import DataIndex
 from ..data.selection import read_tokens
@@ -22,7 +22,7 @@ from ..data.store import H5Store
 from ..errors import UserError, first_line
 from ..io.formats import OutputFormat, check_output, format_named
 from ..io.writers import atomic_output
-from ..model.checkpoint import load_checkpoint
+from ..model.checkpoint import is_hdf5, load_checkpoint
 from ..model.device import resolve_device
 from .binding import bind
 from .driver import compute
@@ -79,37 +79,6 @@ class GeneOutcome:
                    f"internal error: {type(exc).__name__}: {first_line(exc)}")
 
 
-def collect_checkpoints(items: list[str]) -> list[Path]:
-    """Checkpoints from directories (their ``*.pt``), files, and ``@FILE`` lists, in order."""
-    found: list[Path] = []
-    for item in items:
-        if is_list_file(item):
-            found += [Path(line) for line in read_list_file(item, "checkpoint list")]
-        elif Path(item).is_dir():
-            found += sorted(Path(item).glob("*.pt"))
-        else:
-            found.append(Path(item))
-    missing = [str(p) for p in found if not p.is_file()]
-    if missing:
-        raise UserError(f"checkpoint(s) not found: {', '.join(missing[:5])}", missing[0])
-    if not found:
-        raise UserError("no checkpoints (*.pt) found", " ".join(items))
-    found = _unique_files(found)
-    stems = [p.stem for p in found]
-    dup = sorted({s for s in stems if stems.count(s) > 1})
-    if dup:
-        raise UserError(f"several checkpoints for gene(s) {dup[:5]}: outputs are named by gene", "MODELS")
-    return found
-
-
-def _unique_files(paths: list[Path]) -> list[Path]:
-    """Each file once (a directory and a file in it name the same checkpoint), in first-seen order."""
-    seen: dict[Path, Path] = {}
-    for p in paths:
-        seen.setdefault(p.resolve(), p)
-    return list(seen.values())
-
-
 @dataclass
 class _Job:
     """What every gene of a ``run-many`` job shares."""
@@ -155,11 +124,12 @@ def run_many(
     covariates = parse_covariates(opts.covariates)
     device = resolve_device(opts.device)  # once: a missing GPU is one error, not one per gene
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
+    store = _open_data(data, checkpoints, opts.hdf5_locking)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output directory ({exc.strerror})", out_dir) from exc
-    store = H5Store(data, locking=opts.hdf5_locking)
+        _make_out_dir(out_dir)
+    except BaseException:
+        store.close()
+        raise
     outcomes: list[GeneOutcome] = []
 
     def record(outcome: GeneOutcome) -> None:
@@ -181,6 +151,30 @@ def run_many(
         store.close()
         write_report(report, outcomes)
     return outcomes
+
+
+def _open_data(data: Path, checkpoints: list[Path], locking: bool | None) -> H5Store:
+    """The data file, opened before anything is made; a directory where a checkpoint is an HDF5 file is the
+    two arguments swapped."""
+    if Path(data).is_dir() and any(is_hdf5(ck) for ck in checkpoints[:8]):
+        raise UserError("is a directory and the MODELS are HDF5 files: the arguments look swapped; give the "
+                        "checkpoints (or their directory) first, then the data (.h5mu)", data)
+    return H5Store(data, locking=locking)
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    """``--out-dir``, made when missing. As for every output, the folder that holds it must exist."""
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    if not out_dir.exists() and not parent.is_dir():
+        raise UserError("output directory does not exist", parent)
+    try:
+        out_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output directory ({exc.strerror})", out_dir) from exc
+    if not out_dir.is_dir():
+        raise UserError("--out-dir is a file, not a directory", out_dir)
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UserError("output directory is not writable", out_dir)
 
 
 def _run_group(group: list[Path], job: _Job) -> None:

@@ -82,7 +82,7 @@ class Verdict:
         fits: another data file, other count layers, covariates on another scale, or a subset of
         the training cells) or ``"unchecked"`` (too few cells, or statistics too little trained).
     message
-        One or two lines for the user.
+        For the user: what was found, and for a warning a second line with the evidence.
     given
         Distance of the given order (``nan`` when unchecked); about 1 for a sample of the training data.
     best, best_order
@@ -272,18 +272,20 @@ def _verdict(orders: list[tuple[int, ...]], dist: list[float], names: list[str])
     given, best = dist[0], dist[k]
     found = dict(given=given, best=best, best_order=tuple(names[i] for i in orders[k]),
                  distances={label(p): d for p, d in zip(orders, dist)})
-    typical = "a sample of the training data gives about 1"
+    typical = "data like the training data gives about 1"
     if best > UNLIKE_DISTANCE:
         return Verdict(True, "unlike", (
-            f"the data looks unlike the model's training data: the head's hidden units are {best:.3g} noise levels "
-            f"from their training statistics ({typical}); check the data file, its count layers and the covariates' "
-            "values and order (a subset of the training cells, e.g. one cell type, also differs)"), **found)
+            "the data looks unlike the model's training data (another data file, other counts or normalisation, "
+            "covariates on another scale, or only part of the training cells?)\n"
+            f"  evidence: the head's BatchNorm statistics are {best:.3g} noise levels from this data's, "
+            f"in the closest covariate order ({typical})"), **found)
     if k != 0 and given > SWAP_DISTANCE and given > SWAP_RATIO * best:
         close = [label(p) for i, (p, d) in enumerate(zip(orders, dist)) if i not in (0, k) and d <= CLOSE_RATIO * best]
-        also = f"; about as close: {' or '.join(close)}" if close else ""
+        also = f" (about as close: {' or '.join(close)})" if close else ""
         return Verdict(True, "swapped", (
-            f"covariates look swapped: the head's training statistics fit the order {label(orders[k])} "
-            f"(distance {best:.2g}{also}) much better than the given {label(orders[0])} (distance {given:.2g}; "
-            f"{typical}); check the covariate order the model was trained with"), **found)
-    return Verdict(False, "ok", f"the data fits the model's training statistics (distance {given:.2g}; {typical})",
+            f"covariates look swapped: the model was probably trained with the order {label(orders[k])}{also}, "
+            f"not the given {label(orders[0])}\n"
+            f"  evidence: the head's BatchNorm statistics fit {label(orders[k])} at distance {best:.2g} and "
+            f"{label(orders[0])} at {given:.2g} ({typical})"), **found)
+    return Verdict(False, "ok", f"the data fits the head's training statistics (distance {given:.2g}; {typical})",
                    **found)

@@ -62,7 +62,7 @@ LAG_NOISE = 1.0
 #: A swap warning needs the given order at least this far ...
 SWAP_DISTANCE = 2.5
 #: ... and another order this many times closer.
-SWAP_RATIO = 1.5
+SWAP_RATIO = 2.0
 #: Every order farther than this: the data looks unlike the training data.
 UNLIKE_DISTANCE = 3.5
 #: Orders within this factor of the best are named with it (covariates the model hardly uses can trade places).
@@ -187,11 +187,14 @@ def check_training_match(bn: nn.BatchNorm1d, z: torch.Tensor, covariates: torch.
         The training batch size, if known (upstream's tutorials use 32, its default is 128; the
         smaller, the noisier the moving average and the more tolerant the check).
     """
+    if covariates.shape != (z.shape[0], len(names)) or w_cov.shape != (z.shape[1], len(names)):
+        raise ValueError(f"covariates {tuple(covariates.shape)} and w_cov {tuple(w_cov.shape)} do not fit "
+                         f"z {tuple(z.shape)} and {len(names)} names")
     n_cells = z.shape[0]
     if n_cells > MAX_CELLS:
         keep = torch.linspace(0, n_cells - 1, MAX_CELLS, device=z.device).round().long()
         z, covariates, n_cells = z[keep], covariates[keep], MAX_CELLS
-    mean_t, var_t, settled, ema2 = _training_stats(bn)
+    mean_t, var_t, settled, ema2 = (t.to(z.device) if torch.is_tensor(t) else t for t in _training_stats(bn))
     if n_cells < MIN_CELLS:
         return Verdict(False, "unchecked", f"{n_cells} cells are too few to compare with the model's training data")
     if settled < MIN_SETTLED:

@@ -79,6 +79,20 @@ def test_training_stats_undo_the_moving_average():
     assert ema2 == pytest.approx((w**2).sum() / w.sum() ** 2)
 
 
+def test_a_batchnorm_trained_on_known_data_recognises_it():
+    """No covariates: only "does this data look like the training data" (one order)."""
+    gen = torch.Generator().manual_seed(1)
+    scale, shift = torch.rand(32, generator=gen) + 0.5, torch.randn(32, generator=gen)
+    bn = torch.nn.BatchNorm1d(32).train()
+    for _ in range(200):
+        bn(torch.relu(torch.randn(32, 32, generator=gen) * scale + shift))
+    no_cov, no_w = torch.zeros(300, 0), torch.zeros(32, 0)
+    same = check_training_match(bn, torch.randn(300, 32, generator=gen) * scale + shift, no_cov, no_w, [])
+    assert same.kind == "ok" and same.given < 2.0 and list(same.distances) == [""]
+    moved = check_training_match(bn, torch.randn(300, 32, generator=gen) * scale + shift + 0.5, no_cov, no_w, [])
+    assert moved.kind == "unlike" and moved.warn and "covariate order" not in moved.message
+
+
 def test_head_preactivation_is_the_first_linear_of_the_forward():
     gene = _trained(7, 2, n_cells=100, n_epochs=2)
     acc, tf, cov = (c[:10] for c in gene.cells)

@@ -280,8 +280,8 @@ def _verdict(orders: list[tuple[int, ...]], dist: list[float], names: list[str])
         return Verdict(True, "unlike", (
             "the data looks unlike the model's training data (another data file, other counts or normalisation, "
             "covariates on another scale, or only part of the training cells?)\n"
-            f"  evidence: the head's BatchNorm statistics are {best:.3g} noise levels from this data's, "
-            f"in the closest covariate order ({typical})"), **found)
+            f"  evidence: the head's BatchNorm statistics are {best:.3g} noise levels from this data's"
+            f"{', in the closest covariate order' if len(orders) > 1 else ''} ({typical})"), **found)
     if k != 0 and given > SWAP_DISTANCE and given > SWAP_RATIO * best:
         close = [label(p) for i, (p, d) in enumerate(zip(orders, dist)) if i not in (0, k) and d <= CLOSE_RATIO * best]
         also = f" (about as close: {' or '.join(close)})" if close else ""

@@ -173,3 +173,132 @@ def make_gene_models(out_dir: str | Path, genes: list[GeneSpec], n_cells: int, n
         checkpoints.append(save_checkpoint(random_module(spec, seed + 100 * i), out_dir / "models" / f"{g.name}.pt",
                                            n_cells=n_cells))
     return data, checkpoints
+
+
+#: Log10 sequencing depths as the tutorials' covariates ``total_counts_rna_log`` and
+#: ``total_counts_atac_log`` (mean, sd), then two more covariates of other scales.
+DEPTH_COVARIATES = ((3.5, 0.3), (4.2, 0.25), (1.0, 0.5), (8.0, 1.0))
+
+
+@dataclass(frozen=True)
+class CellSource:
+    """A population of cells to draw from: per-cell-type rates of each TF and peak (counts per unit depth)."""
+
+    tf_rate: np.ndarray  # (n_types, T)
+    peak_rate: np.ndarray  # (n_types, P)
+    covariates: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, n_peaks: int, n_tfs: int, n_covariates: int, n_types: int = 4,
+               covariates: tuple[tuple[float, float], ...] = DEPTH_COVARIATES) -> CellSource:
+        """Gamma-distributed base rates, each cell type scaling them by log-normal factors (sd 0.7)."""
+        tf = rng.gamma(1.5, 1.5, n_tfs) * rng.lognormal(0.0, 0.7, (n_types, n_tfs))
+        peak = rng.gamma(1.0, 0.8, n_peaks) * rng.lognormal(0.0, 0.7, (n_types, n_peaks))
+        return cls(tf, peak, tuple(covariates[j % len(covariates)] for j in range(n_covariates)))
+
+    def cells(self, rng: np.random.Generator, n_cells: int, depth_shift: float = 0.0,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(peak_acc (N, P), tf_exp (N, T), covariates (N, C)), float32, the cell types in contiguous blocks.
+
+        The first two covariates are log10 RNA and ATAC depths, and the counts are Poisson with rates
+        that scale with them; ``depth_shift`` adds to every cell's log10 depths (a deeper or shallower run).
+        """
+        n_types, n_cov = len(self.tf_rate), len(self.covariates)
+        kind = np.sort(rng.integers(0, n_types, n_cells))
+        cov = np.zeros((n_cells, n_cov))
+        for j, (mean, sd) in enumerate(self.covariates):
+            cov[:, j] = rng.normal(mean, sd, n_cells)
+        cov[:, : min(n_cov, 2)] += depth_shift
+        rna = cov[:, 0] - self.covariates[0][0] if n_cov else np.full(n_cells, depth_shift)
+        atac = cov[:, 1] - self.covariates[1][0] if n_cov > 1 else rna
+        tf = rng.poisson(10.0 ** rna[:, None] * self.tf_rate[kind])
+        acc = rng.poisson(10.0 ** atac[:, None] * self.peak_rate[kind])
+        return acc.astype(np.float32), tf.astype(np.float32), cov.astype(np.float32)
+
+
+@torch.no_grad()
+def settle_head_statistics(module: Cell2NetModule, peak_seq: np.ndarray, peak_dist: np.ndarray,
+                           cells: tuple[np.ndarray, np.ndarray, np.ndarray], n_epochs: int = 40,
+                           batch_size: int = 32, drift: float = 0.0, seed: int = 0) -> Cell2NetModule:
+    """Give ``module`` the BatchNorm statistics that ``n_epochs`` of upstream training on ``cells`` would leave.
+
+    Upstream trains in train mode on shuffled batches of ``batch_size`` cells (the last incomplete
+    batch dropped); each batch moves every BatchNorm's running statistics, from 0 and 1. The sequence
+    encoder sees the same sequences in every batch, so its statistics move towards those of the
+    gene's peaks; the head's follow the batches' ``relu(fc[0](x))``, with the encoder normalised by
+    each batch and the attention's dropout active. ``drift`` per batch moves the head's first Linear
+    along a fixed random sign pattern, ending at the module's own weights (Adam's steps of about the
+    learning rate, when gradients keep their sign). No weight changes otherwise. Returns ``module``
+    in eval mode; ``cells`` are (peak_acc, tf_exp, covariates), ``peak_seq`` (P, L, 4) one-hot.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n_cells = len(cells[0])
+    per_epoch = n_cells // batch_size
+    n_batches = n_epochs * per_epoch
+    module.train()
+    # every batch pulls the encoder's statistics towards the same target, the peaks' own: n batches
+    # of momentum 0.1 from the initial (0, 1) are one step of momentum 1 - 0.9 ** n
+    for bn in (m for m in module.seq_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.reset_running_stats()
+        bn.momentum = 1.0 - 0.9**n_batches
+    seq = torch.as_tensor(peak_seq).unsqueeze(0)
+    seq_embd = module.encode_sequences(seq.expand(batch_size, -1, -1, -1))[:1]  # a batch's copies: its variance
+    for bn in (m for m in module.seq_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.momentum = 0.1
+        bn.num_batches_tracked.fill_(n_batches)
+    first, bn = module.fc[0], module.fc[2]
+    bn.reset_running_stats()
+    signs_w = torch.randint(0, 2, first.weight.shape, generator=gen).float() * 2 - 1
+    signs_b = torch.randint(0, 2, first.bias.shape, generator=gen).float() * 2 - 1
+    acc, tf, cov = (torch.as_tensor(a) for a in cells)
+    dist = torch.as_tensor(peak_dist).unsqueeze(0)
+    done = 0
+    for _ in range(n_epochs):
+        # every cell once per epoch, in one call (the dropout masks are drawn per element either way)
+        peaks = module.encode_peaks(seq_embd.expand(n_cells, -1, -1), acc)
+        x = module.head_input(peaks, dist.expand(n_cells, -1), tf, cov)
+        z = first(x)
+        step = x @ signs_w.T + signs_b if drift else None
+        perm = torch.randperm(n_cells, generator=gen)
+        for b in range(per_epoch):
+            rows = perm[b * batch_size:(b + 1) * batch_size]
+            done += 1
+            zb = z[rows] if step is None else z[rows] + (n_batches - done) * drift * step[rows]
+            bn(torch.relu(zb))
+    return module.eval()
+
+
+@dataclass
+class TrainedGene:
+    """A random module whose BatchNorm statistics are those of training on ``cells[train]``."""
+
+    module: Cell2NetModule
+    peak_seq: np.ndarray
+    peak_dist: np.ndarray
+    source: CellSource
+    cells: tuple[np.ndarray, np.ndarray, np.ndarray]
+    train: np.ndarray
+
+
+def trained_gene(seed: int, n_covariates: int, n_peaks: int = 6, n_tfs: int = 8, n_cells: int = 1000,
+                 n_epochs: int = 40, batch_size: int = 32, drift: float = 0.0, covariate_weight: float = 1.0,
+                 n_types: int = 4, covariates: tuple[tuple[float, float], ...] = DEPTH_COVARIATES) -> TrainedGene:
+    """:func:`random_module` (upstream's default sizes) trained, as far as BatchNorm sees, on 80% of random cells.
+
+    ``covariate_weight`` scales the head's covariate columns (a trained model leans on sequencing
+    depth much more than a random one does).
+    """
+    rng = np.random.default_rng(seed)
+    spec = ModelSpec(n_peaks=n_peaks, peak_len=256, n_tfs=n_tfs, n_covariates=n_covariates,
+                     n_filters=(64, 32, 32, 16), n_channels=4, kernel_size=5, n_dims=16, n_attn_blocks=1)
+    module = random_module(spec, seed)
+    with torch.no_grad():
+        module.fc[0].weight[:, spec.head_in - n_covariates:] *= covariate_weight
+    peak_seq = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (n_peaks, spec.peak_len))]
+    peak_dist = np.exp(-rng.integers(0, 500_000, n_peaks) / 500_000).astype(np.float32)
+    source = CellSource.random(rng, n_peaks, n_tfs, n_covariates, n_types, covariates)
+    cells = source.cells(rng, n_cells)
+    train = np.sort(rng.permutation(n_cells)[: int(0.8 * n_cells)])
+    settle_head_statistics(module, peak_seq, peak_dist, tuple(c[train] for c in cells), n_epochs, batch_size,
+                           drift, seed)
+    return TrainedGene(module, peak_seq, peak_dist, source, cells, train)

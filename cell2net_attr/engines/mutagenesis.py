@@ -88,6 +88,7 @@ class MutagenesisEngine:
             w = first.weight.detach().to(self.dtype)
             n_enc = spec.n_peaks * spec.n_dims
             self.w_peaks_t = w[:, :n_enc].T.contiguous()  # (P * D, Hh)
+            self.w_peaks_rowsum = self.w_peaks_t.view(spec.n_peaks, spec.n_dims, -1).sum(1)  # (P, Hh)
             self.w_rest_t = w[:, n_enc + spec.n_peaks:].T.contiguous()  # (T + C, Hh)
             dist = torch.as_tensor(peak_dist, dtype=self.dtype, device=self.device)
             self.const = dist @ w[:, n_enc:n_enc + spec.n_peaks].T + first.bias.detach().to(self.dtype)
@@ -159,6 +160,8 @@ class MutagenesisEngine:
             a, c = acc[start:start + cells], const[start:start + cells]
             x = self._tokens(self.s_ref, a)  # (N, P, D)
             ctx = self.blocks[0].context(x, peak) if self.blocks else None
+            if len(self.blocks) == 1:  # the rows' shifts through the head: constant per cell
+                c = c + ctx.shift @ self.w_peaks_rowsum
             for m0 in range(0, n_mut, per_block):
                 token = self._tokens(s_mut[m0:m0 + per_block].unsqueeze(0), a[:, peak, None])  # (N, M, D)
                 out[start:start + len(a), m0:m0 + len(token[0])] = self._block_rates(x, ctx, token, c, peak)
@@ -171,7 +174,12 @@ class MutagenesisEngine:
             z0 = torch.addmm(const, x.reshape(n, -1), self.w_peaks_t)  # (N, Hh)
             delta = (token - x[:, peak].unsqueeze(1)) @ self.w_peaks_t[peak * d:(peak + 1) * d]
             return self.rest((z0.unsqueeze(1) + delta).reshape(n * m, -1))[:, 0].exp().view(n, m)
-        y = self.blocks[0].update(ctx, token).reshape(n * m, self.n_peaks, d)
+        attn_half, mlp_half = self.blocks[0].update(ctx, token)
+        if len(self.blocks) == 1:  # the block's output less its shift, which the constant has taken
+            z = torch.addmm(const.repeat_interleave(m, dim=0), mlp_half.add_(attn_half).view(n * m, -1),
+                            self.w_peaks_t)
+            return self.rest(z)[:, 0].exp().view(n, m)
+        y = self.blocks[0].output(ctx, attn_half, mlp_half).reshape(n * m, self.n_peaks, d)
         for block in self.blocks[1:]:
             y = block.full(y)
         return self._rate(y, const.repeat_interleave(m, dim=0)).view(n, m)

@@ -32,12 +32,14 @@ class Context:
     """What one block's update needs of a batch of cells for one changed token ``q``."""
 
     q: int
-    queries: torch.Tensor  # (N, H, P, hd) queries of the stored tokens (scaled)
-    keys: torch.Tensor  # (N, H, P, hd)
-    values: torch.Tensor  # (N, H, P, hd)
-    lse: torch.Tensor  # (N, H, P) log-sum-exp of each row's scores over the keys p != q
-    out_rows: torch.Tensor  # (N, P, H, D) per head, the leave-q-out attention output through out_proj
-    base: torch.Tensor  # (N, P, D) x + out bias + sum over heads of out_rows: each row's output at w = 0
+    lse: torch.Tensor  # (N, 1, P * H) minus the log-sum-exp of each row's scores over the keys p != q
+    query_blocks: torch.Tensor  # (N, D, P * H) the rows' queries, block-diagonal by head, columns (row, head)
+    key_blocks: torch.Tensor  # (N, D, H * P) the stored keys, block-diagonal by head, columns (head, key)
+    value_blocks: torch.Tensor  # (N, H * P, D) the stored values through out_proj, rows (head, key)
+    value_q: torch.Tensor  # (N, 1, H, D) the stored value of token q through out_proj, per head
+    out_rows: torch.Tensor  # (N * P, H, D) per head, the leave-q-out attention output through out_proj
+    base: torch.Tensor  # (N * P, 1, D) each row's output at w = 0 (x + out bias + sum of out_rows), less shift
+    shift: torch.Tensor  # (N, P) a per-row constant taken out of every row (LayerNorm does not see it)
 
 
 class FoldedBlock:
@@ -74,6 +76,14 @@ class FoldedBlock:
         self.w_out_t, self.b_out = cast(w_out.T), cast(b_out)
         self.w_out_heads = cast(w_out.T.reshape(heads, hd, d))  # (H, hd, D): head h's rows of out_proj
         self.w_m_t, self.b_m = cast(w_m.T), cast(b_m)
+        # a changed token's query, key, value and, per head, its value through out_proj: one product
+        w_vout = torch.cat([w_in[2 * d + h * hd:2 * d + (h + 1) * hd].T @ w_out.T[h * hd:(h + 1) * hd]
+                            for h in range(heads)], dim=1)  # (D, H * D)
+        self.w_token = cast(torch.cat([w_in.T, w_vout], dim=1))
+        self.b_token = cast(torch.cat([b_in, torch.zeros(heads * d, dtype=b_in.dtype, device=device)]))
+        # the second LayerNorm's statistics by products
+        self.mean_col = cast(torch.full((d, 1), 1.0 / d, dtype=w_m.dtype, device=device))
+        self.w_m_colsum = cast(w_m.T.sum(0))
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(..., D) tokens -> queries, keys, values (..., H, hd) each."""
@@ -94,31 +104,71 @@ class FoldedBlock:
 
     def context(self, x: torch.Tensor, q: int) -> Context:
         """Precompute, for the stored tokens ``x`` (N, P, D) of a batch of cells, the update of token ``q``."""
+        n, p, d = x.shape
         queries, keys, values = (t.transpose(1, 2) for t in self._qkv(x))  # (N, H, P, hd)
         scores = queries @ keys.transpose(-1, -2)  # (N, H, P rows, P keys)
         scores[..., q] = -math.inf
         lse = torch.logsumexp(scores, dim=-1)  # (N, H, P)
         o = torch.softmax(scores, dim=-1) @ values  # (N, H, P, hd)
-        if x.shape[1] == 1:  # no key but q: nothing to leave in (row q is recomputed in full anyway)
+        if p == 1:  # no key but q: nothing to leave in (row q is recomputed in full anyway)
             lse, o = torch.zeros_like(lse), torch.zeros_like(o)
-        out_rows = (o.unsqueeze(-2) @ self.w_out_heads.unsqueeze(1)).squeeze(-2).permute(0, 2, 1, 3)  # (N, P, H, D)
+        out_rows = (o.unsqueeze(-2) @ self.w_out_heads.unsqueeze(1)).squeeze(-2).transpose(1, 2)  # (N, P, H, D)
         base = x + self.b_out + out_rows.sum(dim=2)
-        return Context(q, queries, keys, values, lse, out_rows, base)
+        # rows keep about their stored mean: taking it out makes the LayerNorm variance a difference
+        # of small numbers (E[y^2] - mean^2 without cancellation)
+        shift = base.mean(dim=-1)
+        base = (base - shift.unsqueeze(-1)).reshape(n * p, 1, d)
+        value_blocks = _block_diagonal(values, rows_major=False).transpose(1, 2) @ self.w_out_t  # (N, H P, D)
+        value_q = (values[:, :, q].unsqueeze(-2) @ self.w_out_heads).squeeze(-2)  # (N, H, D)
+        return Context(q, -lse.transpose(1, 2).reshape(n, 1, p * self.heads),
+                       _block_diagonal(queries, rows_major=True), _block_diagonal(keys, rows_major=False),
+                       value_blocks, value_q.unsqueeze(1), out_rows.reshape(n * p, self.heads, d), base, shift)
 
-    def update(self, ctx: Context, token: torch.Tensor) -> torch.Tensor:
-        """The block's output (N, M, P, D) with token ``ctx.q`` replaced by ``token`` (N, M, D)."""
-        q = ctx.q
-        nq, nk, nv = self._qkv(token)  # (N, M, H, hd)
-        # rows r != q: the new key's softmax share w (N, H, P, M), and o'_r = o_r + w (v'_q - o_r)
-        share = torch.sigmoid(ctx.queries @ nk.permute(0, 2, 3, 1) - ctx.lse.unsqueeze(-1))
-        v_out = (nv.unsqueeze(-2) @ self.w_out_heads).squeeze(-2)  # (N, M, H, D): v'_q through out_proj
-        by_row = share.permute(0, 2, 3, 1)  # (N, P, M, H)
-        y = (ctx.base.unsqueeze(2) - by_row @ ctx.out_rows).transpose(1, 2)  # (N, M, P, D)
-        y = y + share.permute(0, 3, 2, 1) @ v_out  # (N, M, P, H) @ (N, M, H, D)
-        # row q: its query changed too, so attend over all keys (the stored ones and the new one) in full
-        sq = nq.transpose(1, 2) @ ctx.keys.transpose(-1, -2)  # (N, H, M, P)
-        sq[..., q] = (nq * nk).sum(-1).transpose(1, 2)
+    def update(self, ctx: Context, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output with token ``ctx.q`` replaced by ``token`` (N, M, D), as two (N, M, P, D) parts:
+        the attention half less ``ctx.shift`` and the MLP half; the output is their sum plus the shift."""
+        q, (n, m, d), p, heads = ctx.q, token.shape, ctx.shift.shape[1], self.heads
+        proj = F.layer_norm(token, (d,), eps=self.eps1) @ self.w_token + self.b_token  # (N, M, 3D + H D)
+        nq, nk = proj[..., :d], proj[..., d:2 * d]
+        v_out = proj[..., 3 * d:].reshape(n * m, heads, d).contiguous()  # per head, v'_q through out_proj
+        # rows r != q: the new key's softmax share w, and out_r = base_r + sum_h w_h (v_out_h - out_rows_rh)
+        share = torch.baddbmm(ctx.lse, nk, ctx.query_blocks).sigmoid_()  # (N, M, P * H)
+        y = torch.bmm(share.view(n * m, p, heads), v_out).view(n, m, p, d)
+        by_row = share.view(n, m, p, heads).transpose(1, 2).reshape(n * p, m, heads)
+        y += torch.baddbmm(ctx.base, by_row, ctx.out_rows, alpha=-1.0).view(n, p, m, d).transpose(1, 2)
+        # row q: its query changed too, so it attends over all keys (the stored ones and the new one) in full
+        sq = (nq @ ctx.key_blocks).view(n, m, heads, p)
+        sq[..., q] = (nq * nk).view(n, m, heads, -1).sum(-1)
         att = torch.softmax(sq, dim=-1)
-        oq = att @ ctx.values + att[..., q:q + 1] * (nv.transpose(1, 2) - ctx.values[:, :, q:q + 1])
-        y[:, :, q] = token + self.b_out + oq.transpose(1, 2).flatten(-2) @ self.w_out_t
-        return self._mlp(y)
+        row_q = (att.view(n, m, heads * p) @ ctx.value_blocks).add_(token + self.b_out)
+        row_q += (att[..., q, None] * (v_out.view(n, m, heads, d) - ctx.value_q)).sum(2)  # the new value at q
+        y[:, :, q] = row_q - ctx.shift[:, q, None, None]
+        return y, self._mlp_half(y.view(-1, d)).view(n, m, p, d)
+
+    def _mlp_half(self, y: torch.Tensor) -> torch.Tensor:
+        """``relu(MLP(LN(y)))`` for rows ``y`` (R, D), the LayerNorm statistics from matrix products
+        (a reduction over 16 numbers per row is far slower than a product on CPUs)."""
+        mean = y @ self.mean_col
+        var = y.square() @ self.mean_col - mean * mean
+        scaled = torch.addcmul(y @ self.w_m_t, mean, self.w_m_colsum, value=-1.0)  # (y - mean) W_m
+        return torch.addcmul(self.b_m, scaled, torch.rsqrt(var + self.eps2)).relu_()
+
+    @staticmethod
+    def output(ctx: Context, attn_half: torch.Tensor, mlp_half: torch.Tensor) -> torch.Tensor:
+        """The block's output (N, M, P, D) from the two parts :meth:`update` returns."""
+        return attn_half + mlp_half + ctx.shift[:, None, :, None]
+
+
+def _block_diagonal(t: torch.Tensor, rows_major: bool) -> torch.Tensor:
+    """(N, H, P, hd) per-head vectors -> (N, H hd, P H) block-diagonal: ``[h e, col] = t[h, r, e]`` at the
+    column of (r, h) (``rows_major``: ``r H + h``; else ``h P + r``), zero at other heads' columns."""
+    n, heads, p, hd = t.shape
+    if rows_major:
+        out = t.new_zeros(n, heads, hd, p, heads)
+        for h in range(heads):
+            out[:, h, :, :, h] = t[:, h].transpose(-1, -2)
+    else:
+        out = t.new_zeros(n, heads, hd, heads, p)
+        for h in range(heads):
+            out[:, h, :, h] = t[:, h].transpose(-1, -2)
+    return out.view(n, heads * hd, p * heads)

@@ -3,16 +3,18 @@
 One 256-bp peak of a 100-peak model with upstream's default architecture (filters 64, 32, 32, 16,
 kernel 5, 16 dimensions, one attention block), 100 TFs and 2 covariates, over 2,000 cells:
 
-* ISM: the structured engine's reference rates and all 768 single-base mutants, against upstream's
-  ``saturation_mutagenesis`` cost of 769 ``predict`` passes over every cell. The reference engine
-  (the plain forward, as upstream's ``predict``) is timed on a few passes of a few cells and scaled:
-  its cost is linear in cells x passes.
+* ISM: the structured engine's reference rates and all 768 single-base mutants, reduced to the (4, L)
+  effect, against upstream's ``saturation_mutagenesis`` cost of 769 ``predict`` passes over every cell.
+  The reference engine (the plain forward, as upstream's ``predict``) is timed on passes over a few
+  cells and scaled: its cost is linear in cells x passes.
 * variants: 100 single-base changes spread over 10 peaks, every cell: predictions per second of both.
 
-The reference is timed before and after the structured runs (best of the two), in the same process, so
-the ratios are measured under the same load.
+The reference passes are interleaved with the structured work (one after each block of cells, one
+after each peak of variants) so that both are measured under the same load; wall and CPU seconds
+(this process) are both reported, the CPU ratio being the steadier one on a shared machine.
 
     python benchmarks/bench_mutagenesis.py [--device cpu|cuda] [--cells 2000] [--peaks 100] [--threads N]
+                                           [--ref-cells 8] [--rounds 8]
 """
 
 from __future__ import annotations
@@ -46,22 +48,23 @@ def _inputs(spec: ModelSpec, n_cells: int, device: torch.device, seed: int = 0):
     return [t.to(device) for t in (seq, dist, acc, tf, cov)]
 
 
-def _timed(fn, device: torch.device) -> tuple[float, object]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0, out
+class Clock:
+    """Wall and CPU seconds of the calls it times (CPU: this process, all threads; less disturbed by other
+    processes on a shared machine)."""
 
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.wall, self.cpu = device, 0.0, 0.0
 
-def reference_cost(engine: PredictEngine, cells, n_cells: int, passes: int, device) -> float:
-    """Seconds per cell-prediction of the plain forward: ``passes`` mutants over ``n_cells`` cells."""
-    acc, tf, cov = (t[:n_cells] for t in cells)
-    engine.mutant_rates(0, [0], [1], acc[:2], tf[:2], cov[:2])  # warm-up
-    seconds, _ = _timed(lambda: engine.mutant_rates(0, list(range(passes)), [1] * passes, acc, tf, cov), device)
-    return seconds / (n_cells * passes)
+    def __call__(self, fn):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.wall += time.perf_counter() - w
+        self.cpu += time.process_time() - c
+        return out
 
 
 def main() -> None:
@@ -70,7 +73,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=2000)
     parser.add_argument("--peaks", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--ref-cells", type=int, default=None, help="cells per timed reference pass")
+    parser.add_argument("--ref-cells", type=int, default=None, help="cells of each timed reference pass")
+    parser.add_argument("--rounds", type=int, default=8, help="structured blocks of cells, each followed by "
+                        "one reference pass")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,51 +83,55 @@ def main() -> None:
     spec = _spec(args.peaks)
     module = random_module(spec, seed=1).to(device)
     seq, dist, acc, tf, cov = _inputs(spec, args.cells, device)
-    cells = (acc, tf, cov)
-    ref_cells = args.ref_cells or (32 if device.type == "cpu" else min(args.cells, 512))
+    ref_cells = args.ref_cells or (8 if device.type == "cpu" else min(args.cells, 512))
     print(f"model: {args.peaks} peaks x 256 bp, 100 TFs, 2 covariates, 1 attention block; {args.cells} cells; "
           f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"torch {torch.__version__}")
 
     reference = PredictEngine(module, seq, dist)
-    ref_a = reference_cost(reference, cells, ref_cells, 2, device)
-
+    setup = Clock(device)
+    engine = setup(lambda: MutagenesisEngine(module, seq, dist))
     peak = args.peaks // 2
-    setup, engine = _timed(lambda: MutagenesisEngine(module, seq, dist), device)
     pos, bases = upstream_mutants(seq[peak].cpu().numpy())
+    reference.mutant_rates(0, [0], [1], acc[:2], tf[:2], cov[:2])  # warm-up both
+    engine.mutant_rates(peak, pos[:8], bases[:8], acc[:16], tf[:16], cov[:16])
 
-    def ism():
-        ref = engine.reference_rates(acc, tf, cov).double().sum()
-        alt = engine.mutant_rates(peak, pos, bases, acc, tf, cov).double().sum(0)
-        return ism_effect(float(ref), alt.cpu().numpy(), args.cells, seq[peak].cpu().numpy())
-
-    engine.mutant_rates(peak, pos[:8], bases[:8], acc[:64], tf[:64], cov[:64])  # warm-up
-    ism_s, effects = _timed(ism, device)
+    # ISM, interleaved: a block of cells by the structured engine, then one reference pass
+    ism, ref = Clock(device), Clock(device)
+    ref_sum, alt_sums = 0.0, torch.zeros(len(pos), dtype=torch.float64, device=device)
+    for part in torch.arange(args.cells, device=device).tensor_split(args.rounds):
+        a, t, c = acc[part], tf[part], cov[part]
+        ref_sum += ism(lambda: engine.reference_rates(a, t, c).double().sum())
+        alt_sums += ism(lambda: engine.mutant_rates(peak, pos, bases, a, t, c).double().sum(0))
+        ref(lambda: reference.mutant_rates(0, [0], [1], acc[:ref_cells], tf[:ref_cells], cov[:ref_cells]))
+    effects = ism_effect(float(ref_sum), alt_sums.cpu().numpy(), args.cells, seq[peak].cpu().numpy())
     assert effects.shape == (4, 256) and np.isfinite(effects).all()
 
     rng = np.random.default_rng(0)
-    var_peaks = rng.choice(args.peaks, 10, replace=False)
-    variants = [(int(p), rng.choice(256, 10, replace=False), rng.integers(0, 4, 10)) for p in var_peaks]
+    variants = [(int(p), rng.choice(256, 10, replace=False), rng.integers(0, 4, 10))
+                for p in rng.choice(args.peaks, 10, replace=False)]
+    var = Clock(device)
+    for p, vp, vb in variants:
+        var(lambda: engine.mutant_rates(p, vp, vb, acc, tf, cov))
+        ref(lambda: reference.mutant_rates(0, [0], [1], acc[:ref_cells], tf[:ref_cells], cov[:ref_cells]))
 
-    def variant_rates():
-        return [engine.mutant_rates(p, vp, vb, acc, tf, cov) for p, vp, vb in variants]
-
-    var_s, _ = _timed(variant_rates, device)
-    ref_b = reference_cost(reference, cells, ref_cells, 2, device)
-    per_pred = min(ref_a, ref_b)
-
-    upstream_s = per_pred * args.cells * (len(pos) + 1)
-    n_var = sum(len(vp) for _, vp, _ in variants)
-    print(f"reference engine (plain forward): {per_pred * 1e3:.3f} ms per cell-prediction "
-          f"(passes of {ref_cells} cells; {ref_a * 1e3:.3f} before, {ref_b * 1e3:.3f} after)")
-    print(f"ISM of one peak ({len(pos)} mutants + reference, {args.cells} cells):")
-    print(f"  upstream's way, scaled: {upstream_s:10.1f} s")
-    print(f"  structured engine:      {ism_s:10.3f} s  (+ {setup:.3f} s engine set-up per gene)")
-    print(f"  ratio:                  {upstream_s / ism_s:10.0f} x  ({upstream_s / (ism_s + setup):.0f} x with set-up)")
-    print(f"variants ({n_var} over {len(variants)} peaks, {args.cells} cells):")
-    print(f"  structured engine:      {n_var * args.cells / var_s:12.0f} variant-cell predictions/s ({var_s:.3f} s)")
-    print(f"  reference engine:       {1 / per_pred:12.0f} variant-cell predictions/s")
-    print(f"  ratio:                  {n_var * args.cells / var_s * per_pred:12.0f} x")
+    n_ref = ref_cells * (args.rounds + len(variants))  # cell-predictions the reference made
+    n_var = sum(len(vp) for _, vp, _ in variants) * args.cells
+    passes = len(pos) + 1  # upstream's predict calls for one peak
+    print(f"reference engine (plain forward): {ref.wall / n_ref * 1e3:.2f} ms wall, {ref.cpu / n_ref * 1e3:.2f} ms "
+          f"CPU per cell-prediction ({n_ref} cell-predictions in passes of {ref_cells} cells, interleaved)")
+    print(f"ISM of one peak ({len(pos)} mutants + reference, {args.cells} cells):     wall          CPU")
+    up_wall, up_cpu = ref.wall / n_ref * args.cells * passes, ref.cpu / n_ref * args.cells * passes
+    print(f"  upstream's way (769 passes), scaled: {up_wall:12.1f} s {up_cpu:12.1f} s")
+    print(f"  structured engine:                   {ism.wall:12.3f} s {ism.cpu:12.3f} s  "
+          f"(+ {setup.wall:.3f} s set-up per gene)")
+    print(f"  ratio:                               {up_wall / ism.wall:12.0f} x {up_cpu / ism.cpu:12.0f} x")
+    print(f"variants ({n_var // args.cells} over {len(variants)} peaks, {args.cells} cells), "
+          f"variant-cell predictions per second:")
+    print(f"  structured engine:                   {n_var / var.wall:12.0f}   {n_var / var.cpu:12.0f}")
+    print(f"  reference engine:                    {n_ref / ref.wall:12.1f}   {n_ref / ref.cpu:12.1f}")
+    print(f"  ratio:                               {n_var / var.wall * ref.wall / n_ref:12.0f} x "
+          f"{n_var / var.cpu * ref.cpu / n_ref:12.0f} x")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,14 @@ class Context:
     base: torch.Tensor  # (N * P, 1, D) each row's output at w = 0 (x + out bias + sum of out_rows), less shift
     shift: torch.Tensor  # (N, P) a per-row constant taken out of every row (LayerNorm does not see it)
 
+    def cells(self, start: int, stop: int) -> Context:
+        """The context of cells ``start:stop`` of the batch."""
+        p = self.shift.shape[1]
+        rows = slice(start * p, stop * p)
+        return Context(self.q, self.lse[start:stop], self.query_blocks[start:stop], self.key_blocks[start:stop],
+                       self.value_blocks[start:stop], self.value_q[start:stop], self.out_rows[rows],
+                       self.base[rows], self.shift[start:stop])
+
 
 class FoldedBlock:
     """An upstream ``AttentionBlock`` (pre-norm, eval mode) with its weights folded, in ``dtype``."""
@@ -105,24 +113,31 @@ class FoldedBlock:
     def context(self, x: torch.Tensor, q: int) -> Context:
         """Precompute, for the stored tokens ``x`` (N, P, D) of a batch of cells, the update of token ``q``."""
         n, p, d = x.shape
+        heads, hd = self.heads, self.head_dim
         queries, keys, values = (t.transpose(1, 2) for t in self._qkv(x))  # (N, H, P, hd)
-        scores = queries @ keys.transpose(-1, -2)  # (N, H, P rows, P keys)
+        # all heads at once through block-diagonal keys and values (4 times the multiply-adds of per-head
+        # products, but products of 16-wide matrices instead of 4-wide ones: faster)
+        key_blocks = _block_diagonal(keys, rows_major=False)  # (N, D, H P)
+        raw_values = _block_diagonal(values, rows_major=False).transpose(1, 2)  # (N, H P, D)
+        scores = (queries.transpose(1, 2).reshape(n, p, d) @ key_blocks).view(n, p, heads, p)
         scores[..., q] = -math.inf
-        lse = torch.logsumexp(scores, dim=-1)  # (N, H, P)
-        o = torch.softmax(scores, dim=-1) @ values  # (N, H, P, hd)
+        top = scores.amax(dim=-1, keepdim=True) if p > 1 else torch.zeros_like(scores)
+        weights = scores.sub_(top).exp_()  # (N, P rows, H, P keys) over the keys p != q
+        total = weights.sum(dim=-1, keepdim=True)
+        lse = (top + total.log()).view(n, 1, p * heads)  # columns (row, head)
+        o = ((weights.view(n, p, heads * p) @ raw_values).view(n, p, heads, hd) / total).transpose(0, 2)
         if p == 1:  # no key but q: nothing to leave in (row q is recomputed in full anyway)
             lse, o = torch.zeros_like(lse), torch.zeros_like(o)
-        out_rows = (o.unsqueeze(-2) @ self.w_out_heads.unsqueeze(1)).squeeze(-2).transpose(1, 2)  # (N, P, H, D)
+        # per head through out_proj: (H, P N, hd) @ (H, hd, D)
+        out_rows = (o.reshape(heads, p * n, hd) @ self.w_out_heads).view(heads, p, n, d).permute(2, 1, 0, 3)
         base = x + self.b_out + out_rows.sum(dim=2)
         # rows keep about their stored mean: taking it out makes the LayerNorm variance a difference
         # of small numbers (E[y^2] - mean^2 without cancellation)
         shift = base.mean(dim=-1)
         base = (base - shift.unsqueeze(-1)).reshape(n * p, 1, d)
-        value_blocks = _block_diagonal(values, rows_major=False).transpose(1, 2) @ self.w_out_t  # (N, H P, D)
         value_q = (values[:, :, q].unsqueeze(-2) @ self.w_out_heads).squeeze(-2)  # (N, H, D)
-        return Context(q, -lse.transpose(1, 2).reshape(n, 1, p * self.heads),
-                       _block_diagonal(queries, rows_major=True), _block_diagonal(keys, rows_major=False),
-                       value_blocks, value_q.unsqueeze(1), out_rows.reshape(n * p, self.heads, d), base, shift)
+        return Context(q, -lse, _block_diagonal(queries, rows_major=True), key_blocks, raw_values @ self.w_out_t,
+                       value_q.unsqueeze(1), out_rows.reshape(n * p, heads, d), base, shift)
 
     def update(self, ctx: Context, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The block's output with token ``ctx.q`` replaced by ``token`` (N, M, D), as two (N, M, P, D) parts:

@@ -85,7 +85,8 @@ def main() -> None:
     seq, dist, acc, tf, cov = _inputs(spec, args.cells, device)
     ref_cells = args.ref_cells or (8 if device.type == "cpu" else min(args.cells, 512))
     print(f"model: {args.peaks} peaks x 256 bp, 100 TFs, 2 covariates, 1 attention block; {args.cells} cells; "
-          f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+          f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"the structured engine {'1' if device.type == 'cpu' else 'n/a'}), "
           f"torch {torch.__version__}")
 
     reference = PredictEngine(module, seq, dist)

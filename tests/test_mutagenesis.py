@@ -124,6 +124,14 @@ def test_blocks_cache_and_device():
     assert eng._cache is not None and parts.device == whole.device
     assert torch.allclose(parts, whole, rtol=1e-6, atol=0)
     assert torch.equal(eng.mutant_rates(1, pos, bases, acc, tf, cov), eng.mutant_rates(1, pos, bases, acc, tf, cov))
+    torch.set_num_threads(2)  # the engine computes with its own thread count and restores the caller's
+    try:
+        two = MutagenesisEngine(module, seq, dist, threads=None).mutant_rates(1, pos, bases, acc, tf, cov)
+        one = MutagenesisEngine(module, seq, dist, threads=1).mutant_rates(1, pos, bases, acc, tf, cov)
+        assert torch.allclose(one, two, rtol=1e-6, atol=0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     stored = int(seq[2, 5].argmax())
     for engine in (eng, PredictEngine(module, seq, dist)):  # changing a base to itself is the reference
         same = engine.mutant_rates(2, [5], [stored], acc, tf, cov)[:, 0]

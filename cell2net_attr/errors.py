@@ -53,6 +53,10 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
 
 
+class DataMismatchWarning(UserWarning):
+    """The data (or the covariate order) given looks unlike what the model was trained on."""
+
+
 class Terminated(BaseException):
     """SIGTERM (scancel, preemption, a time limit): unwinds like Ctrl-C so that work in progress
     is saved for ``--resume`` and nothing partial reaches the final path."""

@@ -302,3 +302,40 @@ def trained_gene(seed: int, n_covariates: int, n_peaks: int = 6, n_tfs: int = 8,
     settle_head_statistics(module, peak_seq, peak_dist, tuple(c[train] for c in cells), n_epochs, batch_size,
                            drift, seed)
     return TrainedGene(module, peak_seq, peak_dist, source, cells, train)
+
+
+def write_trained_gene(out_dir: str | Path, trained: TrainedGene, gene: str = "G",
+                       cells: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                       covariate_names: list[str] | None = None) -> tuple[Path, Path]:
+    """A per-gene ``GENE.h5mu`` (``Cell2Net.save(save_mdata=True)``'s layout) of ``cells`` (default: the
+    trained gene's own) and its checkpoint ``GENE.pt``; the covariates are obs columns ``cov0, cov1, ...``
+    in the model's order unless ``covariate_names`` names them."""
+    import anndata as ad
+    import mudata as md
+    import pandas as pd
+    import scipy.sparse as sp
+
+    md.set_options(pull_on_update=False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc, tf, cov = trained.cells if cells is None else cells
+    n, spec = len(acc), trained.module.spec
+    names = covariate_names or [f"cov{j}" for j in range(cov.shape[1])]
+    obs = pd.DataFrame({c: cov[:, j] for j, c in enumerate(names)}, index=[f"cell_{i:06d}" for i in range(n)])
+    peaks = [f"chr1-{1000 * (p + 1)}-{1000 * (p + 1) + 500}" for p in range(spec.n_peaks)]
+    tfs = [f"TF{t}" for t in range(spec.n_tfs)]
+    rna = ad.AnnData(X=sp.csr_matrix(tf[:, :1]), obs=obs.copy(), var=pd.DataFrame(index=[gene]))
+    rna.layers["counts"] = sp.csr_matrix(tf[:, :1])
+    rna.obsm["tf"] = sp.csr_matrix(tf)
+    atac = ad.AnnData(X=sp.csr_matrix(acc), obs=obs.copy(), var=pd.DataFrame(index=peaks))
+    atac.layers["counts"] = sp.csr_matrix(acc)
+    seqs = ["".join("ACGT"[i] for i in onehot.argmax(1)) for onehot in trained.peak_seq]
+    atac.uns["peaks"] = pd.DataFrame({"chr": ["chr1"] * len(peaks), "sequence": seqs}, index=peaks)
+    mdata = md.MuData({"rna": rna, "atac": atac})
+    mdata.obs = obs.copy()
+    mdata.uns["tfs"] = tfs
+    distance = -np.log(trained.peak_dist.astype(np.float64)) * 500_000
+    mdata.uns["peak_to_gene"] = pd.DataFrame({"gene": gene, "peak": peaks, "distance": distance.round()})
+    data = out_dir / f"{gene}.h5mu"
+    mdata.write_h5mu(str(data))
+    return data, save_checkpoint(trained.module, out_dir / f"{gene}.pt", n_cells=n)

@@ -148,3 +148,62 @@ def test_the_per_gene_mudata_view_is_built_quietly(demo_atlas):
     assert proc.returncode == 0, proc.stderr
     assert "FutureWarning" not in proc.stderr, proc.stderr
     assert proc.stdout.split("]")[0] == "['GA'"
+
+
+@pytest.fixture(scope="module")
+def settled(tmp_path_factory):
+    """A gene whose head statistics have settled on data like upstream's tutorials (log10 depths as
+    covariates), written as a per-gene .h5mu, and a second file of other cells (0.5 log10 deeper)."""
+    import numpy as np
+
+    from cell2net_attr.synthetic import trained_gene, write_trained_gene
+
+    trained = trained_gene(3, 2, covariate_weight=10.0)
+    d = tmp_path_factory.mktemp("settled")
+    data, ck = write_trained_gene(d / "own", trained, "GX")
+    other = trained.source.cells(np.random.default_rng(9), 600, depth_shift=0.5)
+    other_data, _ = write_trained_gene(d / "other", trained, "GX", cells=other)
+    return ck, data, other_data
+
+
+def test_a_swapped_covariate_order_is_warned_about(settled, tmp_path):
+    ck, data, _ = settled
+    ok = invoke(["run", ck, data, "--covariates", "cov0,cov1", "-o", tmp_path / "a.h5", "--n-steps", "4", "-q"])
+    assert ok.exit_code == 0 and "warning" not in ok.stderr
+    r = invoke(["run", ck, data, "--covariates", "cov1,cov0", "-o", tmp_path / "b.h5", "--n-steps", "4", "-q"])
+    assert r.exit_code == 0 and "warning: GX: covariates look swapped" in r.stderr
+    assert "trained with the order cov0,cov1" in r.stderr and "evidence:" in r.stderr
+
+
+def test_another_data_file_is_warned_about_whatever_cells_are_chosen(settled, tmp_path):
+    """The sample is spread over the whole file: the file is judged, not the cells chosen from it."""
+    ck, own, other = settled
+    for idx in ([], ["--idx", "0:300"]):
+        r = invoke(["run", ck, other, "--covariates", "cov0,cov1", "-o", tmp_path / f"a{len(idx)}.h5", "--n-steps",
+                    "4", "-q", *idx])
+        assert r.exit_code == 0 and "warning: GX: the data looks unlike" in r.stderr
+    r = invoke(["run", ck, own, "--covariates", "cov0,cov1", "-o", tmp_path / "b.h5", "--n-steps", "4", "-q",
+                "--idx", "0:40"])  # the first cells of the file are one cell type: not what is judged
+    assert r.exit_code == 0 and "warning" not in r.stderr
+
+
+def test_the_notebook_api_warns_too(settled):
+    import cell2net_attr
+    from cell2net_attr.errors import DataMismatchWarning
+
+    ck, data, _ = settled
+    model = cell2net_attr.load_model(ck, data, covariates=["cov1", "cov0"], device="cpu")
+    try:
+        with pytest.warns(DataMismatchWarning, match="swapped"):
+            cell2net_attr.tf_attr(model, idx="0:8", n_steps=4)
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize("gene", ["GENE0", "TF0"])
+@pytest.mark.parametrize("layout", ["per-gene", "full"])
+def test_the_fixtures_correct_order_is_never_warned_about(upstream, tmp_path, gene, layout):
+    data = upstream / "models" / f"{gene}.h5mu" if layout == "per-gene" else upstream / "full.h5mu"
+    r = invoke(["run", upstream / "models" / f"{gene}.pt", data, "--covariates", COVARIATES, "-o",
+                tmp_path / "a.h5", "--n-steps", "4", "-q"])
+    assert r.exit_code == 0 and r.stderr == ""

@@ -56,6 +56,12 @@ class GeneHead:
             self.alphas = torch.tensor(alphas, dtype=w.dtype, device=peak_dist.device)
             self.steps = torch.tensor(steps, dtype=w.dtype, device=peak_dist.device)
 
+    @torch.no_grad()
+    def preactivation(self, peak_acc: torch.Tensor, tf_exp: torch.Tensor, covariates: torch.Tensor) -> torch.Tensor:
+        """The head's first Linear at the cells' own inputs, (B, H): what its BatchNorm saw in training."""
+        z = torch.addmm(self.const, self.encoder(peak_acc), self.w_peaks_t).addmm_(tf_exp, self.w_tf.T)
+        return z.addmm_(covariates, self.w_cov_t) if covariates.shape[1] else z
+
 
 class FastEngine(GeneHead):
     """Structured IG over TF expression for a :class:`Cell2NetModule` in eval mode."""

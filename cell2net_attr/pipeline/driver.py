@@ -13,21 +13,25 @@ from ..errors import UserError
 from .gene_job import GeneJob
 from .progress import NullProgress, Progress
 from .stream import stream
+from .training_check import check_training
 
 #: Called with a job whose gene failed (its inputs or its engine) while the others go on.
 OnFailure = Callable[[GeneJob, Exception], None]
 
 
 def compute(jobs: list[GeneJob], num_workers: int = 0, progress: Progress | None = None,
-            on_failure: OnFailure | None = None) -> None:
+            on_failure: OnFailure | None = None, check: bool = True) -> None:
     """Feed every job from the shared row blocks of their selection, each block read once.
 
     With ``on_failure``, a gene that fails is handed to it and the others go on (a gene whose inputs are
-    not finite gets its error instead of a batch); otherwise the first error propagates.
+    not finite gets its error instead of a batch); otherwise the first error propagates. With ``check``,
+    each gene's data is first compared with its model's training statistics (a warning when they differ).
     """
     live = [j for j in jobs if j.failed is None]
     if not live:
         return
+    if check:
+        check_training(live)
     rows = live[0].spec.rows
     first = min(j.done_before for j in live)
     reader = SharedRows([j.model.data for j in live])

@@ -9,12 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data.obs_groups import check_groupable, group_codes, group_order, obs_column
 from ..errors import UserError, suggest
 from .kinds import data_refusal, file_kind
-
-MAX_GROUPS = 100  # distinct values of a numeric column beyond which it is not groups
-FEW = 10  # a numeric column with fewer distinct values is groups, whatever the number of cells
-MAX_SCANNED = 50  # obs columns looked at for a suggestion
 
 
 @dataclass
@@ -56,15 +53,8 @@ def read_groups(data: str | Path | object, column: str) -> Groups:
             raise data_refusal(data, kind)
     store = open_store(data)
     try:
-        present = store.columns("obs")
-        if column not in present:
-            hint = suggest(column, present) or f"; its columns: {', '.join(present[:20])}"
-            raise UserError(f"obs has no column {column!r}{hint}", param="groupby")
+        values = obs_column(store, column)
         names = store.index("obs")
-        values = store.column("obs", column)
-        if continuous(pd.Series(values) if not isinstance(values, pd.Series) else values):
-            groupable = [c for c in present[:MAX_SCANNED] if c != column and _is_label_column(store, c)]
-            check_groupable(column, values, groupable)
     finally:
         if store is not data:
             store.close()
@@ -82,53 +72,8 @@ def groups_from_values(column: str, names: Iterable, values, source: str = "<dat
     if series.ndim != 1 or len(series) != len(names):
         raise UserError(f"obs column {column!r} has {len(series)} values for {len(names)} cells", source)
     check_groupable(column, series)
-    missing = series.isna().to_numpy()
     order = group_order(series) if order is None else order
-    codes = pd.Index(order, dtype=object).get_indexer(series.to_numpy(dtype=object)) if order else \
-        np.full(len(series), -1)
-    codes = np.where(missing, -1, codes).astype(np.int64)
-    return Groups(column, names, codes, order)
-
-
-def continuous(series: pd.Series) -> int:
-    """The number of distinct values of a numeric, non-categorical column with more than make sense for
-    groups (over :data:`MAX_GROUPS`, or over half its cells and over :data:`FEW`); 0 for a column of groups."""
-    if isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(series.dtype) or \
-            not pd.api.types.is_numeric_dtype(series.dtype):
-        return 0
-    distinct = int(series.nunique(dropna=True))
-    return distinct if distinct > MAX_GROUPS or (distinct > FEW and distinct > series.notna().sum() / 2) else 0
-
-
-def check_groupable(column: str, values, alternatives: list[str] = ()) -> None:
-    """Refuse a numeric column that looks continuous (see :func:`continuous`): it would make a group per value."""
-    series = values if isinstance(values, pd.Series) else pd.Series(values)
-    distinct = continuous(series)
-    if distinct:
-        hint = f" such as {', '.join(repr(c) for c in alternatives[:4])}" if alternatives else ""
-        raise UserError(f"obs column {column!r} is numeric with {distinct} distinct values over "
-                        f"{int(series.notna().sum())} cells: it looks continuous, not like groups; choose a "
-                        f"categorical column{hint}, or bin this one first (e.g. pandas.cut)", param="groupby")
-
-
-def _is_label_column(store, name: str) -> bool:
-    """Whether an obs column holds labels (categorical or text), a candidate for --groupby."""
-    try:
-        dtype = getattr(store.column("obs", name), "dtype", None)
-    except UserError:
-        return False
-    return isinstance(dtype, pd.CategoricalDtype) or dtype == object or pd.api.types.is_string_dtype(dtype)
-
-
-def group_order(series: pd.Series) -> list:
-    """A categorical column's categories, otherwise its sorted unique values (by their text when mixed)."""
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        return list(series.cat.categories)
-    present = pd.unique(series[series.notna().to_numpy()].to_numpy(dtype=object))
-    try:
-        return sorted(present)
-    except TypeError:  # mixed types: sort by their text
-        return sorted(present, key=str)
+    return Groups(column, names, group_codes(series, order), order)
 
 
 def groups_from_attribution_files(files: Iterable[Path], column: str) -> dict[Path, Groups]:

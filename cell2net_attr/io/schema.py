@@ -17,6 +17,7 @@ its saved chunks, or the shards of one run belong together only when their ident
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ ENCODING_VERSION = "1.0.0"
 #: The ``encoding-type`` of each kind of output: attribution files (root attributes of ``.h5``,
 #: ``uns[UNS_KEY]`` of ``.h5ad``), and the AnnData outputs of ``summarize`` and ``activity`` (``uns[UNS_KEY]``).
 ENCODING_TYPES = {"attributions": ENCODING_TYPE, "summary": "cell2net-attr-summary",
-                  "activity": "cell2net-attr-activity"}
+                  "activity": "cell2net-attr-activity", "mutagenesis": "cell2net-attr-mutagenesis",
+                  "variants": "cell2net-attr-variants"}
 
 ATTRIBUTIONS = "attributions"
 OBS_NAMES = "obs_names"
@@ -54,9 +56,46 @@ NPY_CANNOT_MERGE = ".npy outputs have no cell names and cannot be merged; shard 
 PROVENANCE = ("device", "tool", "tool_version", "checkpoint", "data", "data_layout", "merged_from")
 
 
+class _Identity:
+    """What every run identity shares: plain attributes, comparison, and reading back by field type."""
+
+    def attrs(self) -> dict[str, Any]:
+        """Plain attribute values (for HDF5 attributes, ``uns`` and JSON)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    def differences(self, other: _Identity) -> list[str]:
+        """Names of the fields that differ from ``other``'s (all of them when it is another kind of run)."""
+        if type(other) is not type(self):
+            return [f.name for f in fields(self)]  # type: ignore[arg-type]
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]  # type: ignore
+
+    def first_difference(self, other: _Identity) -> tuple[str, str, str] | None:
+        """The first field that differs from ``other``'s as message text: its label, this value, ``other``'s
+        (digests shortened); None when the identities are equal."""
+        if type(other) is not type(self):
+            return "kind of output", type(self).KIND, type(other).KIND  # type: ignore[attr-defined]
+        differ = self.differences(other)
+        if not differ:
+            return None
+        key = differ[0]
+        return IDENTITY_LABELS.get(key, key), _shown(getattr(self, key)), _shown(getattr(other, key))
+
+    @classmethod
+    def _typed(cls, values: dict[str, Any], source: str | Path, optional: tuple[str, ...] = ()):
+        """An identity from stored values, each converted to its field's type; a missing field is an error."""
+        missing = [f.name for f in fields(cls) if f.name not in values and f.name not in optional]  # type: ignore
+        if missing:
+            raise UserError(f"not a cell2net-attr output (lacks {', '.join(missing[:3])})", source)
+        convert = {"int": int, "bool": bool, "str": str}
+        return cls(**{f.name: convert[str(f.type)](values[f.name])  # type: ignore[call-arg, arg-type]
+                      for f in fields(cls) if f.name in values})  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class RunIdentity:
-    """What an output stores, beyond the numbers themselves."""
+class RunIdentity(_Identity):
+    """What an attribution output stores, beyond the numbers themselves."""
+
+    KIND = "attributions"
 
     target: str
     gene: str
@@ -76,23 +115,6 @@ class RunIdentity:
     shard_count: int
     baseline: str = "zero"
 
-    def attrs(self) -> dict[str, Any]:
-        """Plain attribute values (for HDF5 attributes, ``uns`` and JSON)."""
-        return asdict(self)
-
-    def differences(self, other: RunIdentity) -> list[str]:
-        """Names of the fields that differ from ``other``'s."""
-        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
-
-    def first_difference(self, other: RunIdentity) -> tuple[str, str, str] | None:
-        """The first field that differs from ``other``'s as message text: its label, this value, ``other``'s
-        (digests shortened); None when the identities are equal."""
-        differ = self.differences(other)
-        if not differ:
-            return None
-        key = differ[0]
-        return IDENTITY_LABELS.get(key, key), _shown(getattr(self, key)), _shown(getattr(other, key))
-
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], source: str | Path, has_delta: bool = False,
                    fmt: str = "h5") -> RunIdentity:
@@ -105,19 +127,46 @@ class RunIdentity:
         values.setdefault("target", "tfs")
         values.setdefault("delta", has_delta)
         values.setdefault("format", fmt)
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "baseline"]
-        if missing:
-            raise UserError(f"not a cell2net-attr output (lacks {', '.join(missing[:3])})", source)
-        kwargs = {f.name: values[f.name] for f in fields(cls) if f.name in values}
-        for name in ("n_steps", "seed", "n_rows_total", "shard_count"):
-            kwargs[name] = int(kwargs[name])
-        for name in ("multiply_by_inputs", "delta"):
-            kwargs[name] = bool(kwargs[name])
-        for name in ("target", "gene", "engine", "method", "module_mode", "format", "covariates",
-                     "checkpoint_sha256", "data_sha256", "selection_sha256", "baseline"):
-            if name in kwargs:
-                kwargs[name] = str(kwargs[name])
-        return cls(**kwargs)
+        return cls._typed(values, source, optional=("baseline",))
+
+
+@dataclass(frozen=True)
+class PredictionIdentity(_Identity):
+    """What an output of predicted rates stores (``mutagenesis``, ``variants``): the model, the data, the cells,
+    the grouping and what the kind of job computes (``options``: its parameters as canonical JSON)."""
+
+    KIND = "predictions"
+
+    kind: str
+    gene: str
+    engine: str
+    format: str
+    covariates: str
+    checkpoint_sha256: str
+    data_sha256: str
+    selection_sha256: str
+    n_rows_total: int
+    groupby: str
+    options: str
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], source: str | Path) -> PredictionIdentity:
+        """The identity stored in an output's attributes."""
+        return cls._typed({k: _plain(v) for k, v in attrs.items()}, source)
+
+    def first_difference(self, other: _Identity) -> tuple[str, str, str] | None:
+        """As :meth:`_Identity.first_difference`, naming the option that differs rather than ``options``."""
+        found = super().first_difference(other)
+        if found is None or found[0] != "options":
+            return found
+        mine, theirs = json.loads(self.options), json.loads(other.options)  # type: ignore[attr-defined]
+        key = next(k for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k))
+        return key, _shown(mine.get(key, "none")), _shown(theirs.get(key, "none"))
+
+
+def canonical_options(options: dict[str, Any]) -> str:
+    """A job's parameters as the canonical JSON its :class:`PredictionIdentity` records."""
+    return json.dumps(options, sort_keys=True, separators=(",", ":"))
 
 
 #: How a run-identity field is named in messages, where its bare name would not say what differs.

@@ -4,16 +4,18 @@ Along the path ``alpha * acc`` the sequences, distances, TF expression and covar
 sequence encoder runs once per gene and the head's TF, covariate, distance and bias terms once per cell.
 At each of the ``n_steps`` quadrature points the merge (the peak encoder's exact tables), the attention
 blocks and the head are evaluated forward and differentiated backward by hand (:mod:`.block_grad`), for
-all the points of several cells at once. The quadrature nodes and weights are captum's own.
+all the quadrature nodes of a cell at once. The quadrature nodes and weights are captum's own.
 
 A closed peak (accessibility 0) does not move along the path. With ``multiply_by_inputs`` its attribution
 is exactly 0, so only the open peaks' gradient is needed, and the first block costs ``O(P k)`` per point
-for ``k`` open peaks (:mod:`.open_block`). Cells are grouped by their number of open peaks, so that every
-tensor of a group has one shape; within a cell the open peaks come first. Without
-``multiply_by_inputs`` every peak needs its gradient and every peak is a moving slot (dense blocks).
+for ``k`` open peaks (:mod:`.open_block`). Within a cell the open peaks come first. Without
+``multiply_by_inputs`` every peak needs its gradient, so every peak is a moving slot (dense blocks).
 
-Each cell's numbers depend only on the cell: its group's shapes come from its own open count, and the
-points are cut into chunks by a rule of the shapes alone.
+A cell's numbers must not depend on the cells computed with it, and BLAS rounds a product differently
+with its shape and with the alignment of its operands. So on a CPU each cell is computed alone, in
+chunks of nodes whose size depends on its open count only. On a GPU, where one cell is too little work,
+cells with the same open count are computed together, in chunks of a fixed number of cells (the last one
+padded): the same products for every cell, though BLAS may still round by a cell's place in the chunk.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from .block_grad import BlockGrad, relu_backward
 from .fast import GeneHead, _standard_head_scale
 from .open_block import OpenBlockGrad, Static
 
-#: Floats that the tensors of one chunk of points may hold on a CPU (about the size of a last-level cache).
-CHUNK_FLOATS_CPU = 6_000_000
-#: The same on a GPU, where larger chunks only feed the device better.
-CHUNK_FLOATS_GPU = 400_000_000
+#: Floats that the tensors of one chunk may hold: about a last-level cache on a CPU, much more on a GPU.
+CHUNK_FLOATS = {"cpu": 6_000_000, "cuda": 200_000_000}
+#: Weight of a dense block's attention matrices in that count: they are written and read again several
+#: times per point (measured best on a 2-core CPU: about 20 points per chunk for 100 peaks).
+DENSE_WEIGHT = 6
 
 
 class FastPeakEngine(GeneHead):
@@ -45,7 +48,8 @@ class FastPeakEngine(GeneHead):
         with torch.no_grad():
             self.x0 = enc.merge(torch.zeros(1, p, dtype=self.w_head.dtype, device=self.w_head.device))[0]
         self.first = OpenBlockGrad(enc.blocks[0], self.x0) if enc.blocks and enc.blocks[0].use_exp2 else None
-        self.chunk_floats = CHUNK_FLOATS_GPU if self.w_head.device.type == "cuda" else CHUNK_FLOATS_CPU
+        self.chunk_floats = CHUNK_FLOATS.get(self.w_head.device.type, CHUNK_FLOATS["cuda"])
+        self.one_cell = self.w_head.device.type == "cpu"
 
     @functools.cached_property
     def w_rest_t(self) -> torch.Tensor:
@@ -87,20 +91,17 @@ class FastPeakEngine(GeneHead):
         return out
 
     def chunk_shape(self, k: int) -> tuple[int, int]:
-        """Cells and nodes per chunk for cells with ``k`` moving slots, from the shapes alone.
-
-        Every chunk of a group has this shape (the last one is padded), so that each cell's numbers are
-        computed by the same products whatever cells come with it: BLAS may round products of other
-        shapes differently.
-        """
+        """Cells and quadrature nodes per chunk for cells with ``k`` moving slots: a rule of the shapes only."""
         p, d, n_nodes = self.encoder.n_peaks, self.encoder.n_dims, len(self.alphas)
         heads = self.blocks[0].n_heads if self.blocks else 1
-        per_point = 12 * p * d + 2 * k * d
-        for i, block in enumerate(self.blocks):
+        per_point = 12 * p * d + 2 * k * d  # tokens kept for the backward
+        for i in range(len(self.blocks)):
             opened = i == 0 and self.first is not None and k < p
-            per_point += heads * (4 * k * (p - k) + 2 * k * k if opened else 2 * p * p + 8 * p)
+            per_point += heads * (5 * k * (p - k) + 2 * k * k if opened else DENSE_WEIGHT * p * p + 8 * p)
         points = max(1, self.chunk_floats // per_point)
-        return (1, n_nodes) if points >= n_nodes else (1, points)
+        if points < n_nodes:
+            return 1, points
+        return (1 if self.one_cell else points // n_nodes), n_nodes
 
     def _group(self, acc: torch.Tensor, rest: torch.Tensor, order: torch.Tensor, k: int) -> torch.Tensor:
         """Integrated gradients (n, k) of ``n`` cells with ``k`` moving slots, ``order[:, :k]``."""
@@ -110,8 +111,8 @@ class FastPeakEngine(GeneHead):
         for c in range(0, n, n_cells):
             rows = torch.arange(c, c + n_cells, device=acc.device).clamp_(max=n - 1)  # padded with the last cell
             fixed = torch.addmm(self.const, rest[rows], self.w_rest_t)  # (n_cells, H)
-            cell = _CellChunk(self, acc[rows], fixed, order[rows], k)
-            grad = sum(cell.gradient(self.alphas[s:s + n_nodes], self.steps[s:s + n_nodes])
+            chunk = _CellChunk(self, acc[rows], fixed, order[rows], k)
+            grad = sum(chunk.gradient(self.alphas[s:s + n_nodes], self.steps[s:s + n_nodes])
                        for s in range(0, len(self.alphas), n_nodes))
             out[c:c + n_cells] = grad[:n - c]
         return out
@@ -127,7 +128,8 @@ class FastPeakEngine(GeneHead):
 
 
 class _CellChunk:
-    """What a chunk of cells of one group shares across its quadrature nodes: slots, closed tokens, head."""
+    """What the cells of a chunk (one open count) share across their quadrature nodes: slots, closed tokens,
+    head weights in slot order."""
 
     def __init__(self, engine: FastPeakEngine, acc: torch.Tensor, fixed: torch.Tensor, order: torch.Tensor,
                  k: int) -> None:
@@ -183,6 +185,6 @@ class _CellChunk:
         for block in reversed(dense):
             dx = block.backward(dx, saved.pop())
         if self.static is not None:
-            dx = eng.first.backward(dx.view(n, nk, -1, d), saved.pop())
+            dx = eng.first.backward(dx, saved.pop())
         da = (dx.view(n, nk, -1, d)[:, :, :k] * slope).sum(dim=3)  # (n, K, k)
         return torch.bmm(steps.expand(n, 1, -1), da).squeeze(1)

@@ -39,6 +39,7 @@ class Static:
     """The closed tokens of ``n`` cells with ``k`` open peaks each, as the first block sees them."""
 
     x0: torch.Tensor  # (n, P - k, D) closed tokens, in slot order
+    base: torch.Tensor  # (n, P, D): the residual of the attention but for the open tokens, b_out and x0
     t: torch.Tensor  # (n H, rows, P - k): q, k, v, ones of the closed tokens
     n_fixed: torch.Tensor  # (n H, hd + 1, P - k): sum over closed keys of E [v, 1], per closed query
 
@@ -89,7 +90,9 @@ class OpenBlockGrad(BlockWeights):
             index = closed[:, None, None, :].expand(n, nh, x.shape[2], pc)
             return x.expand(n, -1, -1, -1).gather(3, index).reshape(n * nh, x.shape[2], pc)
 
-        return Static(self.x0[closed], pick(self.t0.unsqueeze(0)), pick(fixed))
+        x0 = self.x0[closed]
+        base = torch.cat([self.b_out.expand(n, p - pc, -1), x0 + self.b_out], dim=1)
+        return Static(x0, base, pick(self.t0.unsqueeze(0)), pick(fixed))
 
     def forward(self, x: torch.Tensor, st: Static) -> tuple[torch.Tensor, OpenSaved]:
         """Open tokens (n, K, k, D) -> the block's output for all slots (n K, P, D), open first."""
@@ -113,10 +116,9 @@ class OpenBlockGrad(BlockWeights):
         # attention output per head, tokens last (n H K, hd, P); then per point (n K, D, P)
         o = torch.cat([n_o[:, :hd] / n_o[:, hd:], n_c[:, :hd] / n_c[:, hd:]], dim=2)
         o_pt = o.view(n, nh, nk, hd, p).transpose(1, 2).reshape(n * nk, d, p)  # moves blocks of hd x P
-        base = torch.empty(n, nk, p, d, dtype=x.dtype, device=x.device)  # the residual
-        torch.add(x, self.b_out, out=base[:, :, :k])
-        base[:, :, k:] = st.x0.unsqueeze(1) + self.b_out
-        x2, tail = self.tail(self.out_proj(base.view(n * nk, p, d), o_pt))
+        x1 = self.out_proj(st.base.unsqueeze(1).expand(n, nk, p, d).reshape(n * nk, p, d), o_pt)
+        x1.view(n, nk, p, d)[:, :, :k] += x  # the residual: the cell's constant base, plus the open tokens
+        x2, tail = self.tail(x1)
         return x2, OpenSaved((n, nk, k, p), x, mean, rstd, t, t_t, e_co, e_oc, e_oo, n_c, n_o, o, st, tail)
 
     def backward(self, dx2: torch.Tensor, s: OpenSaved) -> torch.Tensor:

@@ -6,11 +6,13 @@ The model is upstream's architecture: 100 peaks of 256 bp, n_filters (64, 32, 32
 * single-cell-like: 5% of the peaks open, small integer counts;
 * metacell-like: 50% of the peaks open, counts like a sum over cells.
 
-Each side runs in its own worker process (the baseline's with the baseline checkout first on its path),
-both built from the same seeds; the measurements alternate between the two, round after round (the
-machine is shared: only ratios measured side by side count), and the best of the rounds is kept. Prints
-seconds per cell (CPU time of the worker and wall time) and the ratios, and checks that both sides give
-the same attributions.
+Each case runs in a fresh pair of worker processes, one per side (the baseline's with the baseline
+checkout first on its path), both built from the same seeds; the measurements alternate between the two,
+round after round (the machine is shared: only ratios measured side by side count), and the best of the
+rounds is kept. Fresh workers per case, because what a process ran before changes the next case's
+memory allocator state (a run that freed hundreds of MB leaves the heap grown, and later allocations then
+take no page faults). Prints milliseconds per cell (CPU time of the worker and wall time) and the ratios,
+and checks that both sides give the same attributions.
 
     python benchmarks/bench_peaks.py --baseline /tmp/base-peaks [--rounds 5] [--threads 1]
 """
@@ -124,20 +126,21 @@ def main() -> None:
 
     if args.baseline is None:
         ap.error("--baseline is required")
-    here = Path(__file__).resolve().parents[1]
-    sides = {"baseline": _Side(args.baseline.resolve(), args.threads), "this": _Side(here, args.threads)}
-    for name, side in sides.items():
-        print(f"{name}: {side.info['package']} ({side.info['threads']} threads)", flush=True)
+    roots = {"baseline": args.baseline.resolve(), "this": Path(__file__).resolve().parents[1]}
     cases = [c for c in args.cases.split(",") if c]
     best: dict[tuple[str, str], dict] = {}
-    for _ in range(args.rounds):
-        for case in cases:
+    for i, case in enumerate(cases):
+        sides = {name: _Side(root, args.threads) for name, root in roots.items()}
+        if i == 0:
+            for name, side in sides.items():
+                print(f"{name}: {side.info['package']} ({side.info['threads']} threads)", flush=True)
+        for _ in range(args.rounds):
             for name, side in sides.items():
                 r = side.measure(case)
                 b = best.setdefault((case, name), {"cpu": float("inf"), "wall": float("inf"), "attr": r["attr"]})
                 b["cpu"], b["wall"] = min(b["cpu"], r["cpu"]), min(b["wall"], r["wall"])
-    for side in sides.values():
-        side.close()
+        for side in sides.values():
+            side.close()
     print(f"\n{'case':<24}{'cells':>6}{'baseline ms/cell':>18}{'this ms/cell':>14}{'ratio cpu':>11}{'ratio wall':>12}"
           f"{'max diff':>10}")
     for case in cases:

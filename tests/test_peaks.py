@@ -131,13 +131,34 @@ def test_fast_peaks_equals_captum_at_every_open_fraction(blocks, path, method, m
     engine = make_engine("fast", module, seq, dist, params)
     assert (engine.first is not None) == (path == "exp2" and blocks > 0)
     fast, d_fast = engine.attribute(acc, tf, cov)
+    engine.one_cell = False  # the GPU's way: the cells of one open count together
+    together = engine.attribute(acc, tf, cov)[0]
     ref, d_ref = make_engine("captum", module, seq, dist, params).attribute(acc, tf, cov)
     scale = ref.abs().max()
     assert scale > 0
-    assert (fast - ref).abs().max() <= 1e-5 * scale
+    assert (fast - ref).abs().max() <= 1e-5 * scale and (together - ref).abs().max() <= 1e-5 * scale
     assert (d_fast - d_ref).abs().max() <= 1e-4 * (scale + 1)
     if mbi:  # a closed peak moves nothing: exactly 0, and so is a cell with every peak closed
         assert torch.all(fast[acc == 0] == 0) and torch.all(fast[0] == 0) and d_fast[0] == 0
+
+
+def test_fast_peaks_with_another_head_equals_captum():
+    """A head other than upstream's ReLU -> BatchNorm -> Dropout -> Linear is differentiated by autograd."""
+    g = torch.Generator().manual_seed(5)
+    spec = ModelSpec(n_peaks=10, peak_len=32, n_tfs=3, n_covariates=1, n_filters=(8, 8), n_channels=4,
+                     kernel_size=3, n_dims=8, n_attn_blocks=1)
+    module = random_module(spec, 5)
+    module.fc[1] = torch.nn.Tanh()
+    seq = torch.nn.functional.one_hot(torch.randint(0, 4, (spec.n_peaks, 32), generator=g), 4).float()
+    dist = torch.rand(spec.n_peaks, generator=g)
+    acc = torch.poisson(torch.full((4, spec.n_peaks), 1.0), generator=g)
+    tf, cov = torch.rand(4, spec.n_tfs, generator=g), torch.randn(4, 1, generator=g)
+    params = IGParams(n_steps=9, target="peaks")
+    engine = make_engine("fast", module, seq, dist, params)
+    assert engine.head_scale is None
+    fast = engine.attribute(acc, tf, cov)[0]
+    ref = make_engine("captum", module, seq, dist, params).attribute(acc, tf, cov)[0]
+    assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
 @pytest.mark.parametrize("mbi", [True, False])

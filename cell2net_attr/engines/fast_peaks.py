@@ -13,9 +13,9 @@ for ``k`` open peaks (:mod:`.open_block`). Within a cell the open peaks come fir
 
 A cell's numbers must not depend on the cells computed with it, and BLAS rounds a product differently
 with its shape and with the alignment of its operands. So on a CPU each cell is computed alone, in
-chunks of nodes whose size depends on its open count only. On a GPU, where one cell is too little work,
-cells with the same open count are computed together, in chunks of a fixed number of cells (the last one
-padded): the same products for every cell, though BLAS may still round by a cell's place in the chunk.
+chunks of nodes whose size depends on its open count only: the same products whatever the batch. On a
+GPU, where one cell is too little work, the cells of one open count are computed together; there a
+cell's numbers may differ in the last bits with the cells around it.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class FastPeakEngine(GeneHead):
         return out
 
     def chunk_shape(self, k: int) -> tuple[int, int]:
-        """Cells and quadrature nodes per chunk for cells with ``k`` moving slots: a rule of the shapes only."""
+        """Cells (at most) and quadrature nodes per chunk for cells with ``k`` moving slots."""
         p, d, n_nodes = self.encoder.n_peaks, self.encoder.n_dims, len(self.alphas)
         heads = self.blocks[0].n_heads if self.blocks else 1
         per_point = 12 * p * d + 2 * k * d  # tokens kept for the backward
@@ -105,16 +105,14 @@ class FastPeakEngine(GeneHead):
 
     def _group(self, acc: torch.Tensor, rest: torch.Tensor, order: torch.Tensor, k: int) -> torch.Tensor:
         """Integrated gradients (n, k) of ``n`` cells with ``k`` moving slots, ``order[:, :k]``."""
-        n = len(acc)
         n_cells, n_nodes = self.chunk_shape(k)
-        out = torch.empty(n, k, dtype=acc.dtype, device=acc.device)
-        for c in range(0, n, n_cells):
-            rows = torch.arange(c, c + n_cells, device=acc.device).clamp_(max=n - 1)  # padded with the last cell
-            fixed = torch.addmm(self.const, rest[rows], self.w_rest_t)  # (n_cells, H)
+        out = torch.empty(len(acc), k, dtype=acc.dtype, device=acc.device)
+        for c in range(0, len(acc), n_cells):
+            rows = slice(c, c + n_cells)
+            fixed = torch.addmm(self.const, rest[rows], self.w_rest_t)  # (cells, H)
             chunk = _CellChunk(self, acc[rows], fixed, order[rows], k)
-            grad = sum(chunk.gradient(self.alphas[s:s + n_nodes], self.steps[s:s + n_nodes])
-                       for s in range(0, len(self.alphas), n_nodes))
-            out[c:c + n_cells] = grad[:n - c]
+            out[rows] = sum(chunk.gradient(self.alphas[s:s + n_nodes], self.steps[s:s + n_nodes])
+                            for s in range(0, len(self.alphas), n_nodes))
         return out
 
     def head_grad(self, z: torch.Tensor) -> torch.Tensor:

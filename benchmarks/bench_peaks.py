@@ -33,8 +33,8 @@ CASES = {
     "peaks-5%-open": ("peaks", 0.05, True, 48),
     "peaks-50%-open": ("peaks", 0.5, True, 24),
     "peaks-5%-open-no-mbi": ("peaks", 0.05, False, 12),  # --no-multiply-by-inputs: every peak's gradient
-    "tfs-5%-open": ("tfs", 0.05, True, 2000),
-    "tfs-50%-open": ("tfs", 0.5, True, 2000),
+    "tfs-5%-open": ("tfs", 0.05, True, 6000),
+    "tfs-50%-open": ("tfs", 0.5, True, 6000),
 }
 
 

@@ -93,6 +93,98 @@ def test_fast_peaks_equals_captum_on_random_models(seed, method, mbi):
     assert (d_fast - d_ref).abs().max() <= 1e-4 * (ref.abs().max() + 1)
 
 
+def _open_fraction_inputs(spec: ModelSpec, g: torch.Generator):
+    """Cells with every peak closed, one peak open (5% of 20), half open, all open, and Poisson counts."""
+    p, n = spec.n_peaks, 6
+    acc = torch.poisson(torch.full((n, p), 1.5), generator=g)
+    acc[0] = 0.0
+    acc[1] = 0.0
+    acc[1, int(torch.randint(0, p, (1,), generator=g))] = 3.0
+    acc[2, torch.randperm(p, generator=g)[: p // 2]] = 0.0
+    acc[3] = 1.0 + torch.poisson(torch.full((p,), 4.0), generator=g)
+    acc[4] = torch.where(torch.rand(p, generator=g) < 0.5, 0.0, 1.0 + 10 * torch.rand(p, generator=g))
+    tf = torch.poisson(torch.full((n, spec.n_tfs), 2.0), generator=g)
+    cov = torch.randn(n, spec.n_covariates, generator=g)
+    return acc, tf, cov
+
+
+@pytest.mark.parametrize("blocks", [0, 1, 3])
+@pytest.mark.parametrize("path", ["exp2", "sdpa"])
+@pytest.mark.parametrize("method", QUADRATURE_METHODS)
+@pytest.mark.parametrize("mbi", [True, False])
+def test_fast_peaks_equals_captum_at_every_open_fraction(blocks, path, method, mbi, monkeypatch):
+    """0%, 5%, 50% and 100% open cells, with closed peaks handled apart in the first block (exp2 path) or not
+    (``scaled_dot_product_attention`` path, forced by a zero score bound), against captum."""
+    from cell2net_attr.engines import peak_encoder
+
+    if path == "sdpa":
+        monkeypatch.setattr(peak_encoder, "MAX_LOG2_SCORE", -1.0)
+    seed = 10 * blocks + len(method)
+    g = torch.Generator().manual_seed(seed)
+    spec = ModelSpec(n_peaks=20, peak_len=32, n_tfs=4, n_covariates=2, n_filters=(8, 8), n_channels=4,
+                     kernel_size=3, n_dims=8, n_attn_blocks=blocks)
+    module = random_module(spec, seed)
+    seq = torch.nn.functional.one_hot(torch.randint(0, 4, (spec.n_peaks, 32), generator=g), 4).float()
+    dist = torch.rand(spec.n_peaks, generator=g)
+    acc, tf, cov = _open_fraction_inputs(spec, g)
+    params = IGParams(n_steps=7, method=method, multiply_by_inputs=mbi, return_delta=True, target="peaks")
+    engine = make_engine("fast", module, seq, dist, params)
+    assert (engine.first is not None) == (path == "exp2" and blocks > 0)
+    fast, d_fast = engine.attribute(acc, tf, cov)
+    engine.one_cell = False  # the GPU's way: the cells of one open count together
+    together = engine.attribute(acc, tf, cov)[0]
+    ref, d_ref = make_engine("captum", module, seq, dist, params).attribute(acc, tf, cov)
+    scale = ref.abs().max()
+    assert scale > 0
+    assert (fast - ref).abs().max() <= 1e-5 * scale and (together - ref).abs().max() <= 1e-5 * scale
+    assert (d_fast - d_ref).abs().max() <= 1e-4 * (scale + 1)
+    if mbi:  # a closed peak moves nothing: exactly 0, and so is a cell with every peak closed
+        assert torch.all(fast[acc == 0] == 0) and torch.all(fast[0] == 0) and d_fast[0] == 0
+
+
+def test_fast_peaks_with_another_head_equals_captum():
+    """A head other than upstream's ReLU -> BatchNorm -> Dropout -> Linear is differentiated by autograd."""
+    g = torch.Generator().manual_seed(5)
+    spec = ModelSpec(n_peaks=10, peak_len=32, n_tfs=3, n_covariates=1, n_filters=(8, 8), n_channels=4,
+                     kernel_size=3, n_dims=8, n_attn_blocks=1)
+    module = random_module(spec, 5)
+    module.fc[1] = torch.nn.Tanh()
+    seq = torch.nn.functional.one_hot(torch.randint(0, 4, (spec.n_peaks, 32), generator=g), 4).float()
+    dist = torch.rand(spec.n_peaks, generator=g)
+    acc = torch.poisson(torch.full((4, spec.n_peaks), 1.0), generator=g)
+    tf, cov = torch.rand(4, spec.n_tfs, generator=g), torch.randn(4, 1, generator=g)
+    params = IGParams(n_steps=9, target="peaks")
+    engine = make_engine("fast", module, seq, dist, params)
+    assert engine.head_scale is None
+    fast = engine.attribute(acc, tf, cov)[0]
+    ref = make_engine("captum", module, seq, dist, params).attribute(acc, tf, cov)[0]
+    assert (fast - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("mbi", [True, False])
+def test_fast_peaks_do_not_depend_on_batching(mbi):
+    """A cell's attributions are the same numbers whatever cells are computed with it (the engine groups
+    cells by their number of open peaks)."""
+    g = torch.Generator().manual_seed(4)
+    spec = ModelSpec(n_peaks=12, peak_len=32, n_tfs=3, n_covariates=1, n_filters=(8, 8), n_channels=4,
+                     kernel_size=3, n_dims=16, n_attn_blocks=2)
+    module = random_module(spec, 4)
+    seq = torch.nn.functional.one_hot(torch.randint(0, 4, (spec.n_peaks, 32), generator=g), 4).float()
+    dist = torch.rand(spec.n_peaks, generator=g)
+    n = 40
+    acc = torch.poisson(torch.full((n, spec.n_peaks), 1.0), generator=g)
+    acc *= torch.rand(n, spec.n_peaks, generator=g) < torch.rand(n, 1, generator=g)  # open fractions 0-100%
+    tf = torch.poisson(torch.full((n, spec.n_tfs), 2.0), generator=g)
+    cov = torch.randn(n, 1, generator=g)
+    engine = make_engine("fast", module, seq, dist, IGParams(n_steps=9, multiply_by_inputs=mbi, target="peaks"))
+    whole = engine.attribute(acc, tf, cov)[0]
+    perm = torch.randperm(n, generator=g)
+    for size in (1, 3, 17):
+        parts = [perm[i:i + size] for i in range(0, n, size)]
+        got = torch.cat([engine.attribute(acc[r], tf[r], cov[r])[0] for r in parts])
+        assert torch.equal(got, whole[perm]), size
+
+
 def _peaks(demo_atlas, out, *extra, engine="fast", read=True):
     data, cks = demo_atlas
     r = CliRunner().invoke(app, ["run", str(cks[0]), str(data), "--target", "peaks", "--covariates", COVARIATES,

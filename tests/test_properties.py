@@ -238,6 +238,43 @@ def test_multiply_by_inputs_off_times_input_equals_on(gene, data):
     torch.testing.assert_close(off * tf, on, rtol=1e-6, atol=1e-7)
 
 
+PEAKS = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@PEAKS
+@given(data=st.data())
+def test_peaks_do_not_depend_on_batching_or_order(gene, data):
+    """Peak attributions of cells in any order and any batches are the same numbers as of the whole batch,
+    whatever their open peaks (the engine groups cells by their number of open peaks)."""
+    acc, tf, cov = data.draw(cell_inputs(gene))
+    acc = acc * torch.from_numpy(np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+                                 .random(acc.shape) < data.draw(st.sampled_from([0.0, 0.3, 0.7, 1.0])))
+    mbi = data.draw(st.booleans())
+    engine = gene.engine(n_steps=data.draw(st.integers(1, 12)), multiply_by_inputs=mbi, target="peaks")
+    whole = engine.attribute(acc, tf, cov)[0]
+    perm = torch.from_numpy(np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).permutation(len(acc)))
+    size = data.draw(st.integers(1, len(acc)))
+    got = torch.cat([engine.attribute(acc[r], tf[r], cov[r])[0] for r in perm.split(size)])
+    assert torch.equal(got, whole[perm])
+    if mbi:
+        assert torch.all(whole[acc == 0] == 0)
+
+
+@PEAKS
+@given(data=st.data())
+def test_peaks_multiply_by_inputs_off_times_input_equals_on(gene, data):
+    """With multiply_by_inputs the engine differentiates only the open peaks; without, every peak: the two
+    agree where both are defined."""
+    acc, tf, cov = data.draw(cell_inputs(gene))
+    method = data.draw(st.sampled_from(["gausslegendre", "riemann_middle", "riemann_trapezoid"]))
+    n_steps = data.draw(st.integers(1 if method == "gausslegendre" else 2, 24))
+    on = gene.engine(method=method, n_steps=n_steps, target="peaks").attribute(acc, tf, cov)[0]
+    off = gene.engine(method=method, n_steps=n_steps, multiply_by_inputs=False, target="peaks").attribute(acc, tf,
+                                                                                                        cov)[0]
+    torch.testing.assert_close(off * acc, on, rtol=1e-5, atol=1e-6 * float(on.abs().max()) + 1e-8)
+
+
 @pytest.fixture(scope="module")
 def model(upstream):
     from cell2net_attr.api import load_model

@@ -12,6 +12,7 @@ from .._version import __version__
 from ..errors import EXIT_USER
 from . import attribution_commands as attribution
 from . import downstream_commands as downstream
+from . import sequence_commands as sequence
 
 
 class _OneLineErrors(TyperGroup):
@@ -38,7 +39,8 @@ class _OneLineErrors(TyperGroup):
 
 
 app = typer.Typer(cls=_OneLineErrors, add_completion=True, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="Integrated-Gradients attributions (TFs and peaks) for Cell2Net models, and their summaries.")
+                  help="Integrated-Gradients attributions (TFs and peaks), saturation mutagenesis and variant effects for "
+                       "Cell2Net models, and their summaries.")
 
 
 def _version(value: bool) -> None:
@@ -60,6 +62,8 @@ app.command()(attribution.run)
 app.command("run-many")(attribution.run_many)
 app.command()(attribution.merge)
 app.command()(attribution.inspect)
+app.command(help=sequence.MUTAGENESIS_HELP)(sequence.mutagenesis)
+app.command(help=sequence.VARIANTS_HELP)(sequence.variants)
 app.command(help=downstream.SUMMARIZE_HELP)(downstream.summarize)
 app.command(help=downstream.ACTIVITY_HELP)(downstream.activity)
 app.command(help=downstream.PLOT_HELP)(downstream.plot)

@@ -99,10 +99,11 @@ def plain(value):
     return value.value if isinstance(value, Enum) else value
 
 
-def run_options(opts: dict, **more) -> RunOptions:
-    """The pipeline's options from the parsed shared options (and ``more``); ``shard`` is not one of them."""
+def run_options(opts: dict, cls: type = RunOptions, **more):
+    """The pipeline's options (``cls``, a :class:`~cell2net_attr.pipeline.options.JobOptions`) from the parsed
+    options (and ``more``); ``shard`` is not one of them."""
     values = {k: plain(v) for k, v in {**opts, **more}.items() if k != "shard"}
-    return RunOptions.from_mapping(values)
+    return cls.from_mapping(values)
 
 
 _D = RunOptions()  # every default below is RunOptions'
@@ -154,6 +155,9 @@ OPT = {
 }
 #: What `run` and `run-many` both take.
 RUN_OPTIONS = tuple(OPT)
+#: What the commands of predicted rates (`mutagenesis`, `variants`) take of them.
+JOB_OPTIONS = ("covariates", "idx", "where", "idx_type", "num_workers", "device", "threads", "overwrite",
+               "rna_mod", "atac_mod", "hdf5_locking", "quiet", "resume")
 
 
 def option(name: str):

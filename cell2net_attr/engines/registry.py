@@ -81,3 +81,29 @@ def make_engine(name: str, module: torch.nn.Module, peak_seq: torch.Tensor, peak
     module_name, class_name = info.factories[params.target].split(":")
     cls = getattr(importlib.import_module(f"{__package__}.{module_name}"), class_name)
     return cls(module, peak_seq, peak_dist, params)
+
+
+@dataclass(frozen=True)
+class PredictorInfo:
+    """An engine of predicted rates for base changes (mutagenesis, variants): its name, summary and class."""
+
+    name: str
+    summary: str
+    factory: str  # "module:Class", imported on first use
+
+
+PREDICTORS: dict[str, PredictorInfo] = {
+    "fast": PredictorInfo("fast", "structured: the sequence tower once per mutant, one token per cell, "
+                                  "a rank-one attention update", "mutagenesis:MutagenesisEngine"),
+    "reference": PredictorInfo("reference", "the whole module for every cell and mutant, as upstream's predict "
+                                            "runs it (slow: the referee)", "predict:PredictEngine"),
+}
+
+
+def make_predictor(name: str, module: torch.nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor):
+    """Build the rate engine ``name`` for a module whose shared inputs are on its device."""
+    if name not in PREDICTORS:
+        raise UserError(f"unknown engine '{name}', choose from {', '.join(PREDICTORS)}", param="engine")
+    module_name, class_name = PREDICTORS[name].factory.split(":")
+    cls = getattr(importlib.import_module(f"{__package__}.{module_name}"), class_name)
+    return cls(module, peak_seq, peak_dist)

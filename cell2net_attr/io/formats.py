@@ -16,10 +16,19 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from .._compat import read_elem
 from ..errors import UserError, first_line
 from . import layouts, writers
 from .layouts import Header
-from .schema import SUFFIXES, RunIdentity, identity_sidecar
+from .schema import (
+    ENCODING_TYPE,
+    ENCODING_TYPES,
+    SUFFIXES,
+    UNS_KEY,
+    PredictionIdentity,
+    RunIdentity,
+    identity_sidecar,
+)
 from .writers import Writer, check_output_path
 
 Rows = Iterator[tuple[int, np.ndarray, np.ndarray | None]]
@@ -123,18 +132,41 @@ def read_obs(header: Header) -> pd.DataFrame:
         return layouts.obs_h5ad(f)
 
 
-def read_identity(path: Path) -> RunIdentity:
-    """The run identity an output records (a ``.npy``'s sidecar; the attributes of the others)."""
-    fmt = format_of(path)
-    if fmt.has_names:
+def read_identity(path: Path) -> RunIdentity | PredictionIdentity:
+    """The run identity an output records: an attribution output's (its attributes, a ``.npy``'s sidecar), or
+    that of an output of predicted rates (mutagenesis, variants: their attributes, or a table's sidecar)."""
+    path = Path(path)
+    name = SUFFIXES.get(path.suffix.lower())
+    if name is not None and FORMATS[name].has_names:
+        attrs = _stored_attrs(path, name)
+        if str(attrs.get("encoding-type", ENCODING_TYPE)) in PREDICTION_TYPES:
+            return PredictionIdentity.from_attrs(attrs, path)
         header = read_header(path)
         return RunIdentity.from_attrs(header.attrs, path, header.has_delta, header.fmt)
     sidecar = identity_sidecar(path)
     try:
         attrs = json.loads(sidecar.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError("records no run identity (a .npy written without its hidden .run.json sidecar, "
-                        "e.g. by an older version)", path) from exc
+        raise UserError("records no run identity (written without its hidden .run.json sidecar, e.g. by an "
+                        "older version)", path) from exc
     if not isinstance(attrs, dict):
         raise UserError(f"its identity sidecar {sidecar.name} is not a JSON object", path)
+    if str(attrs.get("encoding-type", ENCODING_TYPE)) in PREDICTION_TYPES:
+        return PredictionIdentity.from_attrs(attrs, path)
     return RunIdentity.from_attrs(attrs, path, fmt="npy")
+
+
+#: The ``encoding-type`` of outputs of predicted rates, whose identity is a :class:`PredictionIdentity`.
+PREDICTION_TYPES = (ENCODING_TYPES["mutagenesis"], ENCODING_TYPES["variants"])
+
+
+def _stored_attrs(path: Path, fmt: str) -> dict:
+    """An HDF5 output's own attributes (``.h5`` root, ``.h5ad`` ``uns["cell2net_attr"]``), without its matrix."""
+    try:
+        with h5py.File(path, "r") as f:
+            if fmt == "h5":
+                return dict(f.attrs)
+            meta = read_elem(f[f"uns/{UNS_KEY}"]) if f"uns/{UNS_KEY}" in f else {}
+            return dict(meta) if isinstance(meta, dict) else {}
+    except OSError as exc:
+        raise UserError(f"not a readable HDF5 file ({first_line(exc, 120)})", path) from exc

@@ -7,6 +7,9 @@ chunk damaged afterwards (a disk or copy fault) fails its checksum and is recomp
 ``meta.json`` records the run's identity (:class:`~cell2net_attr.io.schema.RunIdentity` and the
 shard's place). ``--resume`` keeps the contiguous chunks from row 0 on and computes the rest; the final
 file is then assembled chunk by chunk by the ordinary writers and renamed into place.
+
+:class:`KeyedParts` keeps the finished parts of an output that is not made of rows (a mutagenesis job's
+peaks) the same way, one checksummed file per part; both share :class:`PartialDir`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from .writers import os_error, plain_value
 _CHUNK = re.compile(r"^chunk-(\d{12})-(\d{12})-([0-9a-f]{32})\.npz$")
 
 
-def _digest(data: bytes) -> str:
+def checksum(data: bytes) -> str:
     """The checksum a chunk's name carries (128 bits of sha256)."""
     return hashlib.sha256(data).hexdigest()[:32]
 
@@ -39,34 +42,31 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
-class PartialRun:
-    """Chunks of finished rows for one output, resumable across processes."""
+class PartialDir:
+    """The in-progress directory of one output: its run's identity (``meta.json``), kept for ``--resume``
+    or discarded, and files saved in it atomically under names that carry their checksum."""
 
-    def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
-                 chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
+    def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None]) -> None:
         self.out, self.dir = out, partial_dir(out)
         self._warn = warn
         self.identity = {k: plain_value(v) for k, v in identity.items()}
-        # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
-        self.chunk_rows = chunk_rows or 16384
-        self.chunk_seconds = chunk_seconds
-        self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []
-        self._last = time.monotonic()
-        self.rows_done = 0
+        adopted = False
         if self.dir.exists():
             if resume:
-                self.rows_done = self._adopt(out)
+                self._check_identity()
+                adopted = True
             else:
                 warn(f"discarding the partial output of an interrupted run in {self.dir} "
                      f"(use --resume to continue it instead)")
                 shutil.rmtree(self.dir, ignore_errors=True)
         elif resume:
-            warn(f"nothing to resume for {out}: starting from the first cell")
+            warn(f"nothing to resume for {out}: starting from the beginning")
         self.dir.mkdir(exist_ok=True)
         (self.dir / "meta.json").write_text(json.dumps(self.identity, indent=1, sort_keys=True))
+        self.resumed = adopted
 
-    def _adopt(self, out: Path) -> int:
-        """Rows already done by an earlier run with the same identity."""
+    def _check_identity(self) -> None:
+        """Refuse the directory of a run with another identity."""
         try:
             saved = json.loads((self.dir / "meta.json").read_text())
         except (OSError, ValueError):
@@ -75,20 +75,59 @@ class PartialRun:
             keys = sorted(k for k in set(self.identity) | set(saved or {})
                           if (saved or {}).get(k) != self.identity.get(k))
             raise UserError(f"the partial output in {self.dir} is from a different run ({', '.join(keys[:4])} "
-                            f"differ); use --overwrite to start over", out)
+                            f"differ); use --overwrite to start over", self.out)
+
+    def save_file(self, name: str, data: bytes) -> Path:
+        """Write ``data`` as ``name`` in the directory: a temporary file, fsync'd, then renamed."""
+        tmp = self.dir / f".{name}.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.dir / name)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise os_error(exc, self.out) from exc
+        return self.dir / name
+
+    def remove_temporaries(self) -> None:
+        """Temporary files a killed process left behind."""
+        for tmp in self.dir.glob(".*"):
+            tmp.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the in-progress directory."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PartialRun(PartialDir):
+    """Chunks of finished rows for one output, resumable across processes."""
+
+    def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
+                 chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
+        super().__init__(out, identity, resume, warn)
+        # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
+        self.chunk_rows = chunk_rows or 16384
+        self.chunk_seconds = chunk_seconds
+        self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        self._last = time.monotonic()
+        self.rows_done = self._adopt() if self.resumed else 0
+
+    def _adopt(self) -> int:
+        """Rows already done by an earlier run with the same identity (its contiguous valid chunks)."""
         done = 0
         for start, stop, path in self._chunk_files():
             if start != done:
                 break
-            if _digest(path.read_bytes()) != _CHUNK.match(path.name).group(3):
+            if checksum(path.read_bytes()) != _CHUNK.match(path.name).group(3):
                 self._warn(f"{path} is damaged (its checksum does not match); recomputing from cell {start}")
                 break
             done = stop
         for start, _, path in self._chunk_files():  # keep only the contiguous prefix
             if start >= done:
                 path.unlink(missing_ok=True)
-        for tmp in self.dir.glob(".*"):
-            tmp.unlink(missing_ok=True)
+        self.remove_temporaries()
         return done
 
     def _chunk_files(self) -> list[tuple[int, int, Path]]:
@@ -118,17 +157,7 @@ class PartialRun:
         else:
             np.savez(buf, attr=attr)
         data = buf.getvalue()
-        name = f"chunk-{start:012d}-{stop:012d}-{_digest(data)}.npz"  # the name carries the checksum
-        tmp = self.dir / f".{name}.{os.getpid()}"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.dir / name)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise os_error(exc, self.out) from exc
+        self.save_file(f"chunk-{start:012d}-{stop:012d}-{checksum(data)}.npz", data)  # the name carries it
         self.rows_done = stop
         self._buf.clear()
         self._last = time.monotonic()
@@ -152,5 +181,43 @@ class PartialRun:
     def discard(self) -> None:
         """Remove the in-progress directory and forget the rows in memory."""
         self._buf.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().discard()
+
+
+_KEYED = re.compile(r"^(\w+)-(\d{6})-([0-9a-f]{32})\.npz$")
+
+
+class KeyedParts(PartialDir):
+    """Finished parts of one output, one file of named arrays per integer key (a peak of a mutagenesis job),
+    resumable across processes: a part is saved whole or not at all; a damaged one is computed again."""
+
+    def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
+                 prefix: str = "part") -> None:
+        super().__init__(out, identity, resume, warn)
+        self.prefix = prefix
+        self.done: dict[int, dict[str, np.ndarray]] = self._adopt() if self.resumed else {}
+
+    def _adopt(self) -> dict[int, dict[str, np.ndarray]]:
+        done = {}
+        for path in sorted(self.dir.iterdir()):
+            m = _KEYED.match(path.name)
+            if not m or m.group(1) != self.prefix:
+                continue
+            data = path.read_bytes()
+            if checksum(data) != m.group(3):
+                self._warn(f"{path} is damaged (its checksum does not match); computing it again")
+                path.unlink(missing_ok=True)
+                continue
+            with np.load(io.BytesIO(data)) as z:
+                done[int(m.group(2))] = {k: z[k] for k in z.files}
+        self.remove_temporaries()
+        return done
+
+    def save(self, key: int, arrays: dict[str, np.ndarray]) -> None:
+        """Save part ``key`` (atomically, checksummed) and keep it in memory."""
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        self.save_file(f"{self.prefix}-{key:06d}-{checksum(data)}.npz", data)
+        self.done[key] = arrays
 

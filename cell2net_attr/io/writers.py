@@ -88,7 +88,7 @@ def temp_path(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _io_errors(path: Path, cleanup: Callable[[], None] | None = None):
+def io_errors(path: Path, cleanup: Callable[[], None] | None = None):
     """Report a failed write (h5py raises RuntimeError for some) as a UserError, after ``cleanup``;
     anything else passes through."""
     try:
@@ -101,7 +101,7 @@ def _io_errors(path: Path, cleanup: Callable[[], None] | None = None):
         raise os_error(exc, path) from exc
 
 
-class _TempFileWriter:
+class TempFileWriter:
     """Shared commit/abort for writers of a temporary file."""
 
     def __init__(self, path: Path) -> None:
@@ -113,7 +113,7 @@ class _TempFileWriter:
 
     def commit(self) -> None:
         """Flush, close and move into place."""
-        with _io_errors(self.path, self.abort):
+        with io_errors(self.path, self.abort):
             self._close()
             os.replace(self.tmp, self.path)
 
@@ -126,7 +126,7 @@ class _TempFileWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-class NpyWriter(_TempFileWriter):
+class NpyWriter(TempFileWriter):
     """float32 cells x features ``.npy`` through a memory map. The array cannot carry the run's identity,
     so it goes to a hidden sidecar (:func:`~cell2net_attr.io.schema.identity_sidecar`), written first at
     commit: a rerun can then tell which run an existing ``.npy`` is from."""
@@ -134,7 +134,7 @@ class NpyWriter(_TempFileWriter):
     def __init__(self, path: Path, n_rows: int, n_cols: int, meta: dict | None = None) -> None:
         super().__init__(path)
         self._meta = meta
-        with _io_errors(path, self.abort):
+        with io_errors(path, self.abort):
             self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_cols))
             _reserve(self.tmp)
 
@@ -174,7 +174,7 @@ def _reserve(path: Path) -> None:
         os.close(fd)
 
 
-class H5Writer(_TempFileWriter):
+class H5Writer(TempFileWriter):
     """HDF5 with ``attributions`` (cells x features), ``obs_names``, the feature names (TFs or peaks),
     optional ``convergence_delta``, and the metadata as attributes."""
 
@@ -182,7 +182,7 @@ class H5Writer(_TempFileWriter):
                  with_delta: bool, locking: bool | None = None) -> None:
         super().__init__(path)
         n, t = len(obs_names), len(features)
-        with _io_errors(path, self.abort):
+        with io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
             chunk_rows = max(1, min(n, 4096))
             self._attr = self._f.create_dataset(ATTRIBUTIONS, shape=(n, t), maxshape=(None, t),
@@ -200,7 +200,7 @@ class H5Writer(_TempFileWriter):
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows (and their deltas)."""
-        with _io_errors(self.path):
+        with io_errors(self.path):
             self._attr[start : start + len(attr)] = attr
             if self._delta is not None and delta is not None:
                 self._delta[start : start + len(delta)] = delta
@@ -211,7 +211,7 @@ class H5Writer(_TempFileWriter):
             self._f = None
 
 
-class H5adWriter(_TempFileWriter):
+class H5adWriter(TempFileWriter):
     """AnnData ``.h5ad``: ``X`` cells x features (filled block by block), ``obs`` of the selected cells,
     ``var`` indexed by the feature names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
     the convergence delta, when asked, is ``obs["convergence_delta"]``."""
@@ -222,7 +222,7 @@ class H5adWriter(_TempFileWriter):
         n, t = len(obs), len(features)
         self._obs = obs
         self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
-        with _io_errors(path, self.abort):
+        with io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
             self._f.attrs.update(ANNDATA_ENCODING)
             self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
@@ -235,7 +235,7 @@ class H5adWriter(_TempFileWriter):
 
     def write(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Store a block of rows."""
-        with _io_errors(self.path):
+        with io_errors(self.path):
             self._x[start : start + len(attr)] = attr
         if self._delta is not None and delta is not None:
             self._delta[start : start + len(delta)] = delta

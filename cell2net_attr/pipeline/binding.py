@@ -116,8 +116,9 @@ def bind(ck: Checkpoint, index: DataIndex, covariates: list[str], device: torch.
     return AttributionModel(ck.build_module().to(device), gene_data, device, ck, owns_store=owns_store)
 
 
-def as_model(model: Any) -> AttributionModel:
-    """Accept our :class:`AttributionModel` or an upstream ``Cell2Net`` (without importing cell2net)."""
+def as_model(model: Any, rna_mod: str = "rna", atac_mod: str = "atac") -> AttributionModel:
+    """Accept our :class:`AttributionModel` or an upstream ``Cell2Net`` (without importing cell2net), whose
+    MuData's modalities are ``rna_mod`` and ``atac_mod``."""
     if isinstance(model, AttributionModel):
         return model
     if not all(hasattr(model, a) for a in ("module", "mdata", "covariates")):
@@ -129,9 +130,9 @@ def as_model(model: Any) -> AttributionModel:
     state = {k: v.detach().cpu() for k, v in up.state_dict().items()}
     spec = infer_spec(state, summary, Path("<upstream module>"))
     module = from_state(spec, {k: v.clone() for k, v in state.items()})  # copies: upstream's module stays its own
-    gene = getattr(model, "gene", None) or str(model.mdata.mod["rna"].var_names[0])
+    gene = getattr(model, "gene", None) or str(model.mdata.mod[rna_mod].var_names[0])
     cov = list(model.covariates or [])
-    gene_data = load_gene_data(DataIndex(open_store(model.mdata)), gene, spec, cov)
+    gene_data = load_gene_data(DataIndex(open_store(model.mdata)), gene, spec, cov, rna_mod, atac_mod)
     device = getattr(model, "device", None) or next(up.parameters()).device
     device = torch.device(device) if str(device) else torch.device("cpu")
     return AttributionModel(module.to(device), gene_data, device, None, model.mdata)

@@ -31,7 +31,7 @@ def compute(jobs: list[GeneJob], num_workers: int = 0, progress: Progress | None
     if not live:
         return
     if check:
-        check_training(live)
+        check_training([j.model for j in live], [j.engine for j in live])
     rows = live[0].spec.rows
     first = min(j.done_before for j in live)
     reader = SharedRows([j.model.data for j in live])

@@ -160,6 +160,11 @@ class GeneJob:
         """The gene."""
         return self.model.gene
 
+    @property
+    def engine(self):
+        """The gene's engine."""
+        return self.feed.engine
+
     def accept(self, start: int, batch: Batch | UserError) -> None:
         """Attribute the rows of ``batch`` this gene has not saved yet (a resumed run skips the rest)."""
         if isinstance(batch, UserError):
@@ -196,6 +201,15 @@ class GeneJob:
         """Save what is done (interrupted); the number of rows saved."""
         self.sink.flush()
         return self.sink.rows_done
+
+    def discard(self) -> None:
+        """Remove the rows saved for ``--resume``."""
+        self.sink.discard()
+
+    def resume_note(self, saved: int) -> str:
+        """What was saved, where, and how to continue."""
+        return (f"{saved}/{len(self.spec.rows)} cells saved in {self.sink.dir}; rerun the same command with "
+                f"--resume to continue")
 
 
 def open_job(model: AttributionModel, spec: JobSpec, out: tuple[Path, OutputFormat] | None = None,

@@ -15,18 +15,36 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Protocol
 
 from ..errors import Terminated, UserError
 from ..io.formats import read_identity
 from ..io.lock import OutputLock
-from ..io.schema import RunIdentity
-from .gene_job import GeneJob
 
 #: What a rerun can do with an output of another run.
 OTHER_RUN_HINT = "pass --overwrite to recompute it, or write to another --out-dir"
 
 
-def existing_output(path: Path, identity: RunIdentity, hint: str = OTHER_RUN_HINT) -> bool:
+class OutputJob(Protocol):
+    """What the lifecycle needs of a job (a gene's attributions, a mutagenesis job, ...)."""
+
+    output: Any  # where the output goes (None: kept in memory)
+    failed: BaseException | None
+
+    def save(self) -> int:
+        """Save what is done (interrupted); how much was saved (cells, peaks)."""
+
+    def discard(self) -> None:
+        """Remove what was saved for ``--resume``."""
+
+    def write_output(self) -> None:
+        """Assemble the output and rename it into place."""
+
+    def resume_note(self, saved: int) -> str:
+        """What was saved, where, and how to continue."""
+
+
+def existing_output(path: Path, identity, hint: str = OTHER_RUN_HINT) -> bool:
     """Whether ``path`` holds the finished output of the run ``identity`` describes (False: nothing there).
 
     Raises :class:`UserError` when it holds something else: another run's output (naming the first field
@@ -46,7 +64,7 @@ class Lifecycle:
     """The outputs of a group of jobs while they are made (a context manager; see the module docstring)."""
 
     def __init__(self) -> None:
-        self.live: list[GeneJob] = []
+        self.live: list[OutputJob] = []
         self._locks: list[OutputLock] = []
 
     def __enter__(self) -> Lifecycle:
@@ -64,23 +82,23 @@ class Lifecycle:
         """:meth:`claim`, raising :class:`UserError` naming the holder when another run has it."""
         self._locks.append(OutputLock(out).acquire())
 
-    def add(self, job: GeneJob) -> GeneJob:
+    def add(self, job: OutputJob) -> OutputJob:
         """A job whose output this lifecycle now owns."""
         self.live.append(job)
         return job
 
-    def fail(self, job: GeneJob, exc: BaseException) -> None:
+    def fail(self, job: OutputJob, exc: BaseException) -> None:
         """``job`` failed alone (the others go on): its chunks are removed."""
         job.failed = exc
         self._drop(job)
 
-    def finish(self, job: GeneJob) -> None:
+    def finish(self, job: OutputJob) -> None:
         """Assemble ``job``'s output and rename it into place (its chunks are then removed)."""
         job.write_output()
         self.live.remove(job)
 
-    def _drop(self, job: GeneJob) -> None:
-        job.sink.discard()
+    def _drop(self, job: OutputJob) -> None:
+        job.discard()
         if job in self.live:
             self.live.remove(job)
 
@@ -105,9 +123,8 @@ class Lifecycle:
         if not saved:
             return None
         if len(saved) == 1:
-            job, rows = saved[0]
-            return (f"{rows}/{len(job.spec.rows)} cells saved in {job.sink.dir}; rerun the same command with "
-                    f"--resume to continue")
+            job, done = saved[0]
+            return job.resume_note(done)
         with_rows = sum(rows > 0 for _, rows in saved)
         return (f"finished chunks of {with_rows} of {len(saved)} genes saved; rerun the same command with --resume "
                 f"to continue")

@@ -16,8 +16,8 @@ _IG = IGParams()  # the integration parameters' defaults are IGParams' own
 
 
 @dataclass
-class RunOptions:
-    """Everything ``cell2net-attr run`` and ``run-many`` take besides the input files."""
+class JobOptions:
+    """What every job on a checkpoint and its data takes besides the input files (and their defaults)."""
 
     out: Path | None = None
     gene: str | None = None
@@ -25,28 +25,20 @@ class RunOptions:
     idx: str | None = None
     idx_type: str = "auto"
     where: str | None = None
-    target: str = _IG.target
-    n_steps: int = _IG.n_steps
-    method: str = _IG.method
-    multiply_by_inputs: bool = _IG.multiply_by_inputs
     engine: str = "fast"
-    module_mode: str = _IG.module_mode
-    seed: int | None = _IG.seed
     batch_size: int | None = None  # None: the engine's own (see EngineInfo.default_batch)
     num_workers: int = 1
     device: str = "auto"
     threads: int | None = None  # None: the CPUs this process may use
-    delta: bool = _IG.return_delta
     overwrite: bool = False
     resume: bool = False
     rna_mod: str = "rna"
     atac_mod: str = "atac"
     hdf5_locking: bool | None = None
-    chunk_rows: int | None = None
     quiet: bool = False
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> RunOptions:
+    def from_mapping(cls, values: Mapping[str, Any]):
         """Options from a mapping of their names; an unknown name is an error, never dropped."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -58,6 +50,20 @@ class RunOptions:
     def default(cls, name: str) -> Any:
         """The default of option ``name``."""
         return cls.__dataclass_fields__[name].default
+
+
+@dataclass
+class RunOptions(JobOptions):
+    """Everything ``cell2net-attr run`` and ``run-many`` take besides the input files."""
+
+    target: str = _IG.target
+    n_steps: int = _IG.n_steps
+    method: str = _IG.method
+    multiply_by_inputs: bool = _IG.multiply_by_inputs
+    module_mode: str = _IG.module_mode
+    seed: int | None = _IG.seed
+    delta: bool = _IG.return_delta
+    chunk_rows: int | None = None
 
     def params(self) -> IGParams:
         """The attribution parameters (checked when made)."""

@@ -8,9 +8,9 @@ from typing import Protocol, TextIO
 
 
 class Progress(Protocol):
-    """Told how much work there is and how much is done."""
+    """Told how much work there is (in ``unit``: cells, or cell x peak pairs) and how much is done."""
 
-    def start(self, total: int, label: str) -> None: ...
+    def start(self, total: int, label: str, unit: str = "cells") -> None: ...
 
     def advance(self, n: int) -> None: ...
 
@@ -20,7 +20,7 @@ class Progress(Protocol):
 class NullProgress:
     """Reports nothing (``--quiet``, notebooks)."""
 
-    def start(self, total: int, label: str) -> None:
+    def start(self, total: int, label: str, unit: str = "cells") -> None:
         pass
 
     def advance(self, n: int) -> None:
@@ -36,8 +36,8 @@ class LineProgress:
     def __init__(self, stream: TextIO, interval: float = 30.0) -> None:
         self.stream, self.interval = stream, interval
 
-    def start(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
+    def start(self, total: int, label: str, unit: str = "cells") -> None:
+        self.total, self.label, self.unit, self.done = total, label, unit, 0
         self.t0 = self.last = time.monotonic()
 
     def advance(self, n: int) -> None:
@@ -56,7 +56,7 @@ class LineProgress:
         rate = self.done / elapsed
         eta = f"{(self.total - self.done) / rate:.0f}s" if rate > 0 else "-"
         pct = 100.0 * self.done / max(self.total, 1)
-        print(f"[{self.label}] {self.done}/{self.total} cells ({pct:.0f}%), {rate:.1f} cells/s, "
+        print(f"[{self.label}] {self.done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.1f} {self.unit}/s, "
               f"elapsed {elapsed:.0f}s, ETA {eta}", file=self.stream, flush=True)
 
 
@@ -75,14 +75,14 @@ class RichProgress:
         from rich.progress import Progress as Bar
 
         self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]} cells/s"),
+                        TextColumn("{task.fields[rate]} {task.fields[unit]}/s"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=Console(file=stream),
                         transient=False)
 
-    def start(self, total: int, label: str) -> None:
+    def start(self, total: int, label: str, unit: str = "cells") -> None:
         self.t0 = time.monotonic()
         self._bar.start()
-        self._task = self._bar.add_task(label, total=total, rate="-")
+        self._task = self._bar.add_task(label, total=total, rate="-", unit=unit)
         self.done = 0
 
     def advance(self, n: int) -> None:

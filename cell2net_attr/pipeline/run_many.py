@@ -124,9 +124,9 @@ def run_many(
     covariates = parse_covariates(opts.covariates)
     device = resolve_device(opts.device)  # once: a missing GPU is one error, not one per gene
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
-    store = _open_data(data, checkpoints, opts.hdf5_locking)
+    store = open_data(data, checkpoints, opts.hdf5_locking)
     try:
-        _make_out_dir(out_dir)
+        make_out_dir(out_dir)
     except BaseException:
         store.close()
         raise
@@ -153,7 +153,7 @@ def run_many(
     return outcomes
 
 
-def _open_data(data: Path, checkpoints: list[Path], locking: bool | None) -> H5Store:
+def open_data(data: Path, checkpoints: list[Path], locking: bool | None) -> H5Store:
     """The data file, opened before anything is made; a directory where a checkpoint is an HDF5 file is the
     two arguments swapped."""
     if Path(data).is_dir() and any(is_hdf5(ck) for ck in checkpoints[:8]):
@@ -162,7 +162,7 @@ def _open_data(data: Path, checkpoints: list[Path], locking: bool | None) -> H5S
     return H5Store(data, locking=locking)
 
 
-def _make_out_dir(out_dir: Path) -> None:
+def make_out_dir(out_dir: Path) -> None:
     """``--out-dir``, made when missing. As for every output, the folder that holds it must exist."""
     parent = out_dir.parent if str(out_dir.parent) else Path(".")
     if not out_dir.exists() and not parent.is_dir():

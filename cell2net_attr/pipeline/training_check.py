@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from ..data.rows import SharedRows
-from ..engines.fast import GeneHead
 from ..engines.base import IGParams
+from ..engines.fast import GeneHead
 from ..errors import DataMismatchWarning, UserError
 from ..model.training_match import check_module
-from .gene_job import GeneJob
+from .binding import AttributionModel
 
 #: Cells of the sample (evenly spaced over the selection): enough for a verdict, cheap for every gene.
 SAMPLE_CELLS = 128
@@ -31,26 +31,26 @@ def sample_rows(n_cells: int, n: int = SAMPLE_CELLS) -> np.ndarray:
     return np.unique(np.linspace(0, n_cells - 1, min(n, n_cells)).round().astype(np.int64))
 
 
-def check_training(jobs: list[GeneJob]) -> None:
-    """Warn, per gene, when the sample does not fit its model's training statistics."""
-    if not jobs:
+def check_training(models: list[AttributionModel], engines: list | None = None) -> None:
+    """Warn, per gene, when the sample does not fit its model's training statistics. ``engines`` (one per model)
+    are the jobs' own, whose precomputed encoder gives the pre-activations when they have one."""
+    if not models:
         return
-    rows = sample_rows(jobs[0].model.data.n_cells)
-    for job, batch in zip(jobs, SharedRows([j.model.data for j in jobs]).read(rows, strict=False)):
-        if isinstance(batch, UserError):  # the driver reports it with the gene's failure
+    rows = sample_rows(models[0].data.n_cells)
+    engines = engines or [None] * len(models)
+    for model, engine, batch in zip(models, engines, SharedRows([m.data for m in models]).read(rows, strict=False)):
+        if isinstance(batch, UserError):  # the job reports it with the gene's failure
             continue
-        verdict = check_module(job.model.module, _preactivation(job, batch), batch.covariates, job.model.covariates)
+        verdict = check_module(model.module, _preactivation(model, engine, batch), batch.covariates,
+                               model.covariates)
         if verdict.warn:
-            warnings.warn(f"{job.gene}: {verdict.message}", DataMismatchWarning, stacklevel=2)
+            warnings.warn(f"{model.gene}: {verdict.message}", DataMismatchWarning, stacklevel=2)
 
 
-def _preactivation(job: GeneJob, batch) -> torch.Tensor:
-    """The gene's head pre-activations on ``batch``, through its engine's precomputed encoder when it has one."""
-    engine = job.feed.engine
-    if not isinstance(engine, GeneHead):  # the captum engine: the same encoder, built for the check
-        m = job.model
-        engine = GeneHead(m.module, torch.from_numpy(m.data.peak_seq).to(m.device),
-                          torch.from_numpy(m.data.peak_dist).to(m.device), IGParams(method="exact"))
-    device = job.model.device
-    return engine.preactivation(*(torch.from_numpy(x).to(device) for x in (batch.peak_acc, batch.tf_exp,
-                                                                             batch.covariates)))
+def _preactivation(model: AttributionModel, engine, batch) -> torch.Tensor:
+    """The gene's head pre-activations on ``batch``, through the engine's precomputed encoder when it has one."""
+    if not isinstance(engine, GeneHead):  # the captum or a rate engine: the same encoder, built for the check
+        engine = GeneHead(model.module, torch.from_numpy(model.data.peak_seq).to(model.device),
+                          torch.from_numpy(model.data.peak_dist).to(model.device), IGParams(method="exact"))
+    return engine.preactivation(*(torch.from_numpy(x).to(model.device) for x in (batch.peak_acc, batch.tf_exp,
+                                                                                   batch.covariates)))

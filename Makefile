@@ -6,7 +6,7 @@ BIN     = $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 
-.PHONY: test demo bench install clean slurm-deps
+.PHONY: test test-fast demo bench install clean slurm-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ slurm-deps:
 
 test: $(STAMP) slurm-deps
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop: everything but the tests marked slow (real processes, captum sweeps, SLURM, fuzzing).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -22,6 +22,20 @@ COVARIATES = "cov0,cov1"
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+#: Modules whose tests start real processes, run captum or random-model sweeps, or a SLURM cluster: kept out of
+#: `make test-fast` (the edit-test loop) by the `slow` marker; `make test` runs everything.
+SLOW_MODULES = {"test_cli", "test_contract", "test_downstream_kinds", "test_engine", "test_figures", "test_first_hour",
+                "test_first_week", "test_fuzz", "test_locks", "test_mutagenesis", "test_peak_encoder", "test_peaks",
+                "test_plots", "test_properties", "test_resume", "test_sequence_jobs", "test_sharding", "test_slurm",
+                "test_summaries", "test_training_match", "test_cuda"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test of :data:`SLOW_MODULES` ``slow`` (others mark their slow tests themselves)."""
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 def _require_upstream() -> Path:
     if not (UPSTREAM / "ref" / "manifest.json").is_file():

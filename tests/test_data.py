@@ -77,6 +77,7 @@ def test_in_memory_mudata(full_mdata, upstream):
     assert model.data.layout == "full"
 
 
+@pytest.mark.slow
 def test_mdata_property_is_upstream_per_gene_view(upstream):
     model = cell2net_attr.load_model(upstream / "models" / "GENE0.pt", upstream / "full.h5mu",
                                      covariates=COVARIATES, device="cpu")

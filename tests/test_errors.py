@@ -209,6 +209,7 @@ def test_checkpoint_needing_code_execution_is_refused(case, upstream, tmp_path, 
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_code_execution_in_a_real_process(case, upstream, tmp_path):
     marker = tmp_path / "payload-ran"
     bad = case.inp / "GENE0_evil.pt"
@@ -978,6 +979,7 @@ def test_keyboard_interrupt_mid_run_leaves_nothing(case, monkeypatch):
     assert resumed.exit_code == 0 and leftovers(case.out) == [case.target.name]
 
 
+@pytest.mark.slow
 def test_sigint_real_process_leaves_nothing(case):
     """SIGINT a real run while it writes: exit 130, nothing at the output path, only the hidden
     resumable partial beside it, inputs unchanged. (Small batches of the reference engine and
@@ -1029,6 +1031,7 @@ def test_internal_error_is_exit_1_and_leaves_nothing(case, monkeypatch):
     assert leftovers(case.out) == [] and sha256_tree(case.inp) == before
 
 
+@pytest.mark.slow
 def test_traceback_only_with_debug(case):
     missing = case.inp / "nope.pt"
     base = [sys.executable, "-m", "cell2net_attr"]

@@ -141,10 +141,12 @@ def _loads_torch(*args: str, cwd: Path | None = None) -> bool:
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["summarize", "--help"],
                                   ["activity", "--help"], ["plot", "--help"]])
+@pytest.mark.slow
 def test_light_commands_do_not_import_torch(args):
     assert not _loads_torch(*args)
 
 
+@pytest.mark.slow
 def test_downstream_commands_do_not_import_torch(demo_atlas, tmp_path):
     data, cks = demo_atlas
     out = tmp_path / "GA.h5"

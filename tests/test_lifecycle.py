@@ -109,3 +109,42 @@ def test_the_notebook_api_runs_through_the_same_driver(demo_atlas, tmp_path):
         model.close()
     with h5py.File(out) as f:
         np.testing.assert_array_equal(got, f["attributions"][:])
+
+
+class _Job:
+    """A job as the lifecycle sees it, with ``rows`` saved when interrupted."""
+
+    def __init__(self, rows: int) -> None:
+        self.output, self.failed, self.rows, self.discarded = object(), None, rows, False
+
+    def save(self) -> int:
+        return self.rows
+
+    def discard(self) -> None:
+        self.discarded = True
+
+    def write_output(self) -> None:
+        pass
+
+    def resume_note(self, saved: int) -> str:
+        return f"{saved} saved"
+
+
+def test_an_interrupt_counts_the_genes_that_saved_something():
+    """Ctrl-C in run-many names how many genes had finished rows, not how many were running."""
+    from cell2net_attr.pipeline.lifecycle import Lifecycle
+
+    jobs = [_Job(0), _Job(512), _Job(0)]
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with Lifecycle() as life:
+            for job in jobs:
+                life.add(job)
+            raise KeyboardInterrupt
+    assert "finished chunks of 1 of 3 genes saved" in caught.value.resume_hint
+    assert not any(j.discarded for j in jobs)  # kept for --resume
+    with pytest.raises(ValueError):
+        with Lifecycle() as life:
+            for job in jobs:
+                life.add(job)
+            raise ValueError("bad input")
+    assert all(j.discarded for j in jobs)  # a failed job's chunks are removed

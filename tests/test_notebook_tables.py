@@ -129,6 +129,7 @@ def test_subsets_in_any_order_and_the_wrong_cells(gene_mdata):
         cell2net_attr.tf_to_gene(gene_mdata, stranger, idx=[0, 1])
 
 
+@pytest.mark.slow
 def test_the_table_functions_do_not_import_torch():
     code = ("import sys, numpy as np, pandas as pd, cell2net_attr; "
             "cell2net_attr.get_top_tfs(pd.DataFrame(np.eye(3), index=list('abc'), columns=list('xyz')), 1); "

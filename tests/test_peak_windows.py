@@ -178,6 +178,7 @@ _window = st.tuples(st.sampled_from(["chr1", "chr2", "3"]), st.integers(-20, 120
 _query = st.tuples(st.sampled_from(["chr1", "chr2", "3", "chrX"]), st.integers(-30, 200), st.integers(0, 80))
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_window, min_size=1, max_size=25), st.lists(_query, min_size=0, max_size=40))
 def test_find_and_overlaps_equal_brute_force(windows, queries):

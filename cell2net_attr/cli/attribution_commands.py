@@ -62,8 +62,8 @@ def run_many(
     **opts,
 ) -> None:
     """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
+    from ..pipeline.gene_groups import Outcome
     from ..pipeline.models import collect_checkpoints
-    from ..pipeline.run_many import Outcome
     from ..pipeline.run_many import run_many as run_genes
     from ..pipeline.shards import resolve_shard
 

@@ -107,8 +107,8 @@ def variants(
     **opts,
 ) -> None:
     """What variants do to the modelled genes (see ``VARIANTS_HELP``)."""
+    from ..pipeline.gene_groups import Outcome
     from ..pipeline.models import collect_checkpoints
-    from ..pipeline.run_many import Outcome
     from ..pipeline.shards import resolve_shard
     from ..pipeline.variants import SHOWN_SKIPS, VariantOptions, run_variants
 

@@ -16,13 +16,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
 from .._compat import write_elem
-from .schema import ANNDATA_ENCODING, ARRAY_ENCODING, ENCODING_TYPES, ENCODING_VERSION, UNS_KEY, identity_sidecar
-from .writers import TempFileWriter, io_errors, atomic_output, plain_value
+from .schema import ENCODING_TYPES, ENCODING_VERSION, UNS_KEY, identity_sidecar
+from .writers import AnnDataFile, atomic_output, io_errors, plain_value
 
 #: The columns of a variant table; the group column, when there is one, comes after ``alt``.
 VARIANT_COLUMNS = ("variant", "gene", "peak", "offset", "ref", "alt", "n_cells", "mean_ref", "mean_alt", "delta",
@@ -66,26 +65,18 @@ def write_variant_table(path: Path, table: pd.DataFrame, fmt: str, attrs: dict) 
         table.to_csv(tmp, sep=TABLE_FORMATS[fmt], index=False, float_format="%.9g")
 
 
-class VariantCellsWriter(TempFileWriter):
+class VariantCellsWriter(AnnDataFile):
     """The per-cell ``.h5ad`` of one gene's variant effects, filled block by block of cells."""
 
     def __init__(self, path: Path, obs: pd.DataFrame, pairs: pd.DataFrame, attrs: dict,
                  locking: bool | None = None) -> None:
         super().__init__(path)
         n, v = len(obs), len(pairs)
-        self._obs = obs
         with io_errors(path, self.abort):
-            self._f = h5py.File(self.tmp, "w", locking=locking)
-            self._f.attrs.update(ANNDATA_ENCODING)
-            chunks = (max(1, min(n, 4096)), max(1, v))
-            self._x = self._f.create_dataset("X", shape=(n, v), dtype="f4", chunks=chunks if v else None)
-            self._x.attrs.update(ARRAY_ENCODING)
+            self._open(obs, locking)
+            self._x = self._matrix(self._f, "X", n, v)
             write_elem(self._f, "layers", {})
-            self._layers = {}
-            for name in ("ref", "alt"):
-                self._layers[name] = self._f["layers"].create_dataset(name, shape=(n, v), dtype="f4",
-                                                                      chunks=chunks if v else None)
-                self._layers[name].attrs.update(ARRAY_ENCODING)
+            self._layers = {name: self._matrix(self._f["layers"], name, n, v) for name in ("ref", "alt")}
             var = pairs.copy()
             var.index = pd.Index(pair_names(pairs), name="pair")
             write_elem(self._f, "var", var.astype({"offset": np.int64}))
@@ -100,19 +91,6 @@ class VariantCellsWriter(TempFileWriter):
             self._layers["alt"][start:stop] = alt
             self._layers["ref"][start:stop] = np.broadcast_to(ref[:, None], alt.shape)
             self._x[start:stop] = alt - ref[:, None]
-
-    def _close(self) -> None:
-        if getattr(self, "_f", None) is not None:
-            if self._obs is not None:
-                write_elem(self._f, "obs", self._obs)
-                self._obs = None
-            self._f.close()
-            self._f = None
-
-    def abort(self) -> None:
-        """Delete the temporary file without writing obs."""
-        self._obs = None
-        super().abort()
 
 
 def pair_names(pairs: pd.DataFrame) -> Sequence[str]:

@@ -211,7 +211,39 @@ class H5Writer(TempFileWriter):
             self._f = None
 
 
-class H5adWriter(TempFileWriter):
+class AnnDataFile(TempFileWriter):
+    """An ``.h5ad`` filled block by block: its root and a dense matrix laid out as anndata reads them, ``obs``
+    written last (at commit: it may carry what is known only at the end), nothing when aborted."""
+
+    def _open(self, obs: pd.DataFrame, locking: bool | None) -> None:
+        self._obs = obs
+        self._f = h5py.File(self.tmp, "w", locking=locking)
+        self._f.attrs.update(ANNDATA_ENCODING)
+
+    def _matrix(self, group, name: str, n: int, t: int):
+        """A dense float32 (n, t) array chunked by rows, with anndata's encoding."""
+        ds = group.create_dataset(name, shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t) if t else None)
+        ds.attrs.update(ARRAY_ENCODING)
+        return ds
+
+    def _final_obs(self) -> pd.DataFrame:
+        return self._obs
+
+    def _close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            if self._obs is not None:
+                write_elem(self._f, "obs", self._final_obs())
+                self._obs = None
+            self._f.close()
+            self._f = None
+
+    def abort(self) -> None:
+        """Delete the temporary file without writing obs."""
+        self._obs = None
+        super().abort()
+
+
+class H5adWriter(AnnDataFile):
     """AnnData ``.h5ad``: ``X`` cells x features (filled block by block), ``obs`` of the selected cells,
     ``var`` indexed by the feature names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
     the convergence delta, when asked, is ``obs["convergence_delta"]``."""
@@ -220,13 +252,10 @@ class H5adWriter(TempFileWriter):
                  locking: bool | None = None) -> None:
         super().__init__(path)
         n, t = len(obs), len(features)
-        self._obs = obs
         self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
         with io_errors(path, self.abort):
-            self._f = h5py.File(self.tmp, "w", locking=locking)
-            self._f.attrs.update(ANNDATA_ENCODING)
-            self._x = self._f.create_dataset("X", shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t))
-            self._x.attrs.update(ARRAY_ENCODING)
+            self._open(obs, locking)
+            self._x = self._matrix(self._f, "X", n, t)
             label = VAR_INDEX_NAME[meta.get("target", "tfs")]
             write_elem(self._f, "var", pd.DataFrame(index=pd.Index(features, name=label)))
             write_elem(self._f, "uns", {UNS_KEY: {k: plain_value(v) for k, v in meta.items()}})
@@ -240,21 +269,11 @@ class H5adWriter(TempFileWriter):
         if self._delta is not None and delta is not None:
             self._delta[start : start + len(delta)] = delta
 
-    def _close(self) -> None:
-        if getattr(self, "_f", None) is not None:
-            if self._obs is not None:  # obs last: it carries the deltas, known only at the end
-                obs = self._obs.copy()
-                if self._delta is not None:
-                    obs[DELTA] = self._delta
-                write_elem(self._f, "obs", obs)
-                self._obs = None
-            self._f.close()
-            self._f = None
-
-    def abort(self) -> None:
-        """Delete the temporary file without writing obs."""
-        self._obs = None
-        super().abort()
+    def _final_obs(self) -> pd.DataFrame:
+        obs = self._obs.copy()  # the deltas are known only at the end
+        if self._delta is not None:
+            obs[DELTA] = self._delta
+        return obs
 
 
 def plain_value(value):

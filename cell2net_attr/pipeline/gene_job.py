@@ -165,6 +165,11 @@ class GeneJob:
         """The gene's engine."""
         return self.feed.engine
 
+    @property
+    def path(self) -> Path | None:
+        """Where its output goes (None: kept in memory)."""
+        return self.output.path if self.output is not None else None
+
     def accept(self, start: int, batch: Batch | UserError) -> None:
         """Attribute the rows of ``batch`` this gene has not saved yet (a resumed run skips the rest)."""
         if isinstance(batch, UserError):

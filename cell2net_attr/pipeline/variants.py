@@ -15,6 +15,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,12 @@ from ..io.writers import atomic_output
 from ..model.checkpoint import load_checkpoint
 from ..model.device import resolve_device
 from .binding import AttributionModel, bind
-from .driver import compute
+from .gene_groups import GROUP_GENES, REPORT, GeneOutcome, make_out_dir, open_data, recorded, run_gene_group
 from .gene_job import Selection
-from .lifecycle import Lifecycle, existing_output
+from .lifecycle import existing_output
 from .mutagenesis import check_predictor
 from .options import JobOptions, check_batching
 from .progress import Progress
-from .run_many import GROUP_GENES, GeneOutcome, Outcome, make_out_dir, open_data, write_report
 from .shards import Shard
 from .stream import JOB_READ_ROWS, Blocks
 from .threads import set_threads
@@ -144,7 +144,7 @@ class VariantJob:
                  locking: bool | None) -> None:
         self.model, self.pairs, self.spec, self.fmt, self.attrs = model, pairs, spec, fmt, attrs
         self.failed, self.seconds, self.done_before, self.checkpoint = None, 0.0, 0, None
-        self.output = out
+        self.output = self.path = out
         self.groupby = groups.column if groups is not None else None
         self.labels = [str(g) for g in groups.order] if groups is not None else ["all cells"]
         self.codes = groups.codes[spec.rows] if groups is not None else np.zeros(len(spec.rows), dtype=np.int64)
@@ -232,7 +232,7 @@ def run_variants(checkpoints: list[Path], data: Path, out_dir: Path, opts: Varia
     The skipped records go to ``opts.report`` (default ``out_dir/variants-skipped.tsv``) and to ``on_skip``;
     one outcome per gene; ``run-report.tsv`` as ``run-many`` writes it.
     """
-    report = out_dir / "run-report.tsv"
+    report = out_dir / REPORT
     if shard is not None and shard.count > 1:
         start, stop = shard.bounds(len(checkpoints))
         checkpoints, report = checkpoints[start:stop], shard.path(report)
@@ -245,76 +245,44 @@ def run_variants(checkpoints: list[Path], data: Path, out_dir: Path, opts: Varia
     check_batching(batch, opts.num_workers)
     set_threads(opts.threads)
     device = resolve_device(opts.device)
+    covariates = parse_covariates(opts.covariates)
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
     store = open_data(data, checkpoints, opts.hdf5_locking)
-    outcomes: list[GeneOutcome] = []
-
-    def record(outcome: GeneOutcome) -> None:
-        outcomes.append(outcome)
-        if on_gene is not None:
-            on_gene(len(outcomes) - 1, len(checkpoints), outcome)
-
     try:
         index = DataIndex(store)
         placed = place_variants(Path(opts.variants), index, [ck.stem for ck in checkpoints], opts.atac_mod)
-        make_out_dir(out_dir)
+        make_out_dir(out_dir)  # once the variants are placed: a bad file leaves nothing behind
         _write_skipped(opts.report or out_dir / "variants-skipped.tsv", placed.skipped)
         if on_skip is not None:
             on_skip(placed)
-        selection = Selection.resolve(index, tokens, opts.idx_type, opts.where)
-        groups = read_obs_groups(store, opts.groupby) if opts.groupby else None
-        spec = job_spec(selection.rows, batch)
-        for a in range(0, len(checkpoints), GROUP_GENES):
-            _run_group(checkpoints[a : a + GROUP_GENES], placed.pairs, index, selection, spec, groups, device,
-                       out_dir, opts, record, progress)
+        with recorded(report, len(checkpoints), on_gene) as (outcomes, record):
+            selection = Selection.resolve(index, tokens, opts.idx_type, opts.where)
+            groups = read_obs_groups(store, opts.groupby) if opts.groupby else None
+            spec = job_spec(selection.rows, batch)
+            opener = partial(_open_gene, pairs=placed.pairs, index=index, selection=selection, spec=spec,
+                             groups=groups, device=device, covariates=covariates, opts=opts)
+            for a in range(0, len(checkpoints), GROUP_GENES):
+                run_gene_group(checkpoints[a : a + GROUP_GENES],
+                               lambda ck: out_dir / f"{ck.stem}.variants.{opts.fmt}", opener, record,
+                               opts.num_workers, progress)
     finally:
         store.close()
-        if out_dir.is_dir():  # made only once the variants placed: a bad file leaves nothing behind
-            write_report(report, outcomes)
     return outcomes
 
 
-def _run_group(group: list[Path], pairs: pd.DataFrame, index: DataIndex, selection: Selection, spec: VariantSpec,
-               groups: ObsGroups | None, device, out_dir: Path, opts: VariantOptions,
-               record: Callable[[GeneOutcome], None], progress: Progress | None) -> None:
-    """Open, compute together (each block of rows read once) and write the group's genes."""
-    covariates = parse_covariates(opts.covariates)
-    with Lifecycle() as life:
-        jobs = []
-        for ck in group:
-            t0 = time.monotonic()
-            out = out_dir / f"{ck.stem}.variants.{opts.fmt}"
-            holder = life.claim(out)
-            if holder is not None:
-                record(GeneOutcome(ck.stem, ck, Outcome.BUSY, out, 0.0, f"another run is computing it ({holder})"))
-                continue
-            try:
-                checkpoint = load_checkpoint(ck)
-                model = bind(checkpoint, index, covariates, device, opts.rna_mod, opts.atac_mod)
-                mine = pairs[pairs["gene"] == model.gene].reset_index(drop=True)
-                identity = variants_identity(model, mine, selection, index.sha256, opts.engine, opts.fmt,
-                                             opts.groupby)
-                if not opts.overwrite and existing_output(out, identity):
-                    record(GeneOutcome(ck.stem, ck, Outcome.SKIPPED, out))
-                    continue
-                attrs = {**identity.attrs(), "tool": "cell2net-attr", "tool_version": __version__,
-                         "device": str(device), "checkpoint": str(ck), "variants": str(opts.variants)}
-                obs = model.data.obs_table(selection.rows) if opts.fmt == "h5ad" else None
-                job = VariantJob(model, mine, spec, groups, opts.engine, out, opts.fmt, attrs, obs, opts.hdf5_locking)
-                job.checkpoint, job.seconds = ck, time.monotonic() - t0
-                jobs.append(life.add(job))
-            except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
-                record(GeneOutcome.failure(ck.stem, ck, out, exc, time.monotonic() - t0))
-        compute(jobs, opts.num_workers, progress, on_failure=life.fail)
-        for job in jobs:
-            if job.failed is None:
-                try:
-                    life.finish(job)
-                except Exception as exc:  # noqa: BLE001
-                    life.fail(job, exc)
-            record(GeneOutcome.failure(job.gene, job.checkpoint, job.output, job.failed, job.seconds)
-                   if job.failed is not None else
-                   GeneOutcome(job.gene, job.checkpoint, Outcome.DONE, job.output, job.seconds))
+def _open_gene(ck: Path, out: Path, *, pairs: pd.DataFrame, index: DataIndex, selection: Selection,
+               spec: VariantSpec, groups: ObsGroups | None, device, covariates: list[str],
+               opts: VariantOptions) -> VariantJob | None:
+    """The gene's job, or None when its output already holds this run."""
+    model = bind(load_checkpoint(ck), index, covariates, device, opts.rna_mod, opts.atac_mod)
+    mine = pairs[pairs["gene"] == model.gene].reset_index(drop=True)
+    identity = variants_identity(model, mine, selection, index.sha256, opts.engine, opts.fmt, opts.groupby)
+    if not opts.overwrite and existing_output(out, identity):
+        return None
+    attrs = {**identity.attrs(), "tool": "cell2net-attr", "tool_version": __version__, "device": str(device),
+             "checkpoint": str(ck), "variants": str(opts.variants)}
+    obs = model.data.obs_table(selection.rows) if opts.fmt == "h5ad" else None
+    return VariantJob(model, mine, spec, groups, opts.engine, out, opts.fmt, attrs, obs, opts.hdf5_locking)
 
 
 def _write_skipped(path: Path, skipped: pd.DataFrame) -> None:

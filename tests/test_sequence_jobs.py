@@ -239,3 +239,15 @@ def test_score_variants_api_equals_the_command(upstream, tmp_path):
     cli = pd.read_csv(tmp_path / "o" / "TF0.variants.tsv", sep="\t")
     np.testing.assert_allclose(table["delta"].to_numpy(), cli["delta"].to_numpy(), rtol=1e-6, atol=1e-12)
     assert "far" in set(skipped["id"])
+
+
+def test_variants_shards_split_the_genes(upstream, tmp_path):
+    vcf = _variant_table(upstream, tmp_path / "v.vcf")
+    out = tmp_path / "o"
+    for k in (0, 1):
+        r = invoke(["variants", upstream / "models", upstream / "full.h5mu", "--variants", vcf, "--out-dir", out,
+                    "--covariates", COVARIATES, "--shard", f"{k}/2", "-q"])
+        assert r.exit_code == 0, r.output
+        report = pd.read_csv(out / f"run-report-0000{k}-of-00002.tsv", sep="\t")
+        assert list(report["gene"]) == [["GENE0", "TF0"][k]]
+    assert sorted(p.name for p in out.glob("*.variants.tsv")) == ["GENE0.variants.tsv", "TF0.variants.tsv"]

@@ -63,7 +63,7 @@ def test_outputs_declare_their_kind(outputs, upstream, tmp_path):
             "--idx", "0:8", "--out", tmp_path / f"GENE0.{fmt}", "-q"])
         assert reader.declared_kind(tmp_path / f"GENE0.{fmt}") == "attributions"
     assert reader.declared_kind(upstream / "full.h5mu") == "mudata"
-    assert set(schema.ENCODING_TYPES) == {"attributions", "summary", "activity"}
+    assert set(schema.ENCODING_TYPES) == {"attributions", "summary", "activity", "mutagenesis", "variants"}
 
 
 @pytest.mark.parametrize("name, messages", [
@@ -76,6 +76,14 @@ def test_outputs_declare_their_kind(outputs, upstream, tmp_path):
 ])
 def test_summarize_refuses_the_tools_own_tables(outputs, name, messages):
     refused(["summarize", outputs / name], f"{outputs / name}: ", *messages)
+
+
+def test_a_mutagenesis_output_is_named_as_such(upstream, tmp_path):
+    out = tmp_path / "m.h5"
+    ok(["mutagenesis", upstream / "models" / "GENE0.pt", upstream / "full.h5mu", "--covariates", COVARIATES,
+        "--peak", "0", "-o", out, "-q"])
+    assert reader.declared_kind(out) == "mutagenesis"
+    refused(["summarize", out], "this is a saturation mutagenesis output", "written by `mutagenesis`")
 
 
 def test_summarize_names_the_data_and_a_checkpoint(atlas, upstream, outputs):

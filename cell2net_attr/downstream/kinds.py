@@ -19,6 +19,8 @@ WHAT = {
     "summary": "a summary (statistics per gene, group and TF or peak), written by `summarize`",
     "activity": "an activity table (TF x group), written by `activity`",
     "top_tfs": "a list of the top variable TFs per group, written by `activity --top-out`",
+    "mutagenesis": "a saturation mutagenesis output (effects per peak, position and base), written by `mutagenesis`",
+    "variants": "a table of variant effects (per cell), written by `variants`",
     "data": "the data file (MuData .h5mu)",
     "checkpoint": "a model checkpoint (.pt)",
 }
@@ -28,6 +30,8 @@ ADVICE = {
     "summary": "give it to activity or plot",
     "activity": "plot --kind heatmap draws it",
     "top_tfs": "it is a result to read, not an input",
+    "mutagenesis": "it is a result to read (cell2net_attr.io.mutagenesis_io.read_mutagenesis, anndata)",
+    "variants": "it is a result to read (anndata.read_h5ad)",
     "data": "give it with --data, and the attribution files as arguments",
     "checkpoint": "`run` computes attribution files from it, which summarize, activity and plot take",
 }

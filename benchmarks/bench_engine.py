@@ -2,9 +2,11 @@
 
 A synthetic Cell2Net module with 100 peaks of 256 bp, 300 TFs and 2 covariates, IG with
 n_steps=100 (gauss-legendre), all in one run. Each measurement runs in its own child
-process so that its peak RSS is its own. Prints seconds per cell and the ratios.
+process so that its peak RSS is its own. Prints seconds per cell and the ratios. On a GPU the clock is
+read after ``torch.cuda.synchronize``; the ``tf_attr`` API rows run on the CPU.
 
     python benchmarks/bench_engine.py [--device cpu|cuda] [--captum-cells 4] [--fast-cells 2000]
+                                      [--peaks 100] [--tfs 300]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -26,6 +29,12 @@ from cell2net_attr.synthetic import random_module
 
 SPEC = ModelSpec(n_peaks=100, peak_len=256, n_tfs=300, n_covariates=2, n_filters=(64, 32, 32, 16),
                  n_channels=4, kernel_size=5, n_dims=16, n_attn_blocks=1)
+
+
+def _set_sizes(n_peaks: int, n_tfs: int) -> None:
+    """The model's peaks and TFs (``--peaks``, ``--tfs``; a child is told its parent's)."""
+    global SPEC
+    SPEC = replace(SPEC, n_peaks=n_peaks, n_tfs=n_tfs)
 
 
 def _inputs(n_cells: int, device: torch.device, seed: int = 0):
@@ -122,7 +131,8 @@ def measure_api(batch_size: int, n_cells: int) -> dict:
 
 
 def child(part: str, n_cells: int, batch: int, device: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", part, str(n_cells), str(batch), device],
+    out = subprocess.run([sys.executable, __file__, "--child", part, str(n_cells), str(batch), device,
+                          "--peaks", str(SPEC.n_peaks), "--tfs", str(SPEC.n_tfs)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -132,8 +142,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--captum-cells", type=int, default=4)
     ap.add_argument("--fast-cells", type=int, default=2000)
+    ap.add_argument("--peaks", type=int, default=SPEC.n_peaks, help="peaks of the model")
+    ap.add_argument("--tfs", type=int, default=SPEC.n_tfs, help="TFs of the model")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    _set_sizes(args.peaks, args.tfs)
     if args.child:
         part, n, b, dev = args.child
         print(json.dumps(measure(part, int(n), int(b), dev)))

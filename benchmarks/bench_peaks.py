@@ -12,9 +12,11 @@ round after round (the machine is shared: only ratios measured side by side coun
 rounds is kept. Fresh workers per case, because what a process ran before changes the next case's
 memory allocator state (a run that freed hundreds of MB leaves the heap grown, and later allocations then
 take no page faults). Prints milliseconds per cell (CPU time of the worker and wall time) and the ratios,
-and checks that both sides give the same attributions.
+and checks that both sides give the same attributions. Without ``--baseline``, this tree alone. With
+``--device cuda`` everything runs on the GPU, synchronised before each clock reading (the wall time is the
+one that counts there).
 
-    python benchmarks/bench_peaks.py --baseline /tmp/base-peaks [--rounds 5] [--threads 1]
+    python benchmarks/bench_peaks.py [--baseline /tmp/base-peaks] [--rounds 5] [--threads 1] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def _inputs(spec, n_cells: int, frac: float, seed: int = 0):
     return seq, dist, acc, tf, cov
 
 
-def worker(out_dir: str, threads: int) -> None:
+def worker(out_dir: str, threads: int, device_name: str = "cpu") -> None:
     """Serve measurements on stdin/stdout: one case name per line, one JSON line back."""
     import torch
 
@@ -68,7 +70,13 @@ def worker(out_dir: str, threads: int) -> None:
         torch.set_num_threads(threads)
     spec = ModelSpec(n_peaks=100, peak_len=256, n_tfs=100, n_covariates=2, n_filters=(64, 32, 32, 16),
                      n_channels=4, kernel_size=5, n_dims=16, n_attn_blocks=1)
-    module = random_module(spec, seed=1)
+    device = torch.device(device_name)
+    module = random_module(spec, seed=1).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     print(json.dumps({"package": str(Path(cell2net_attr.__file__).parent), "threads": torch.get_num_threads()}),
           flush=True)
     built = {}
@@ -76,15 +84,18 @@ def worker(out_dir: str, threads: int) -> None:
         name = line.strip()
         target, frac, mbi, n = CASES[name]
         if name not in built:
-            seq, dist, acc, tf, cov = _inputs(spec, n, frac)
+            seq, dist, acc, tf, cov = (t.to(device) for t in _inputs(spec, n, frac))
             params = IGParams(n_steps=100, method="gausslegendre", multiply_by_inputs=mbi, target=target)
             engine = make_engine("fast", module, seq, dist, params)
             engine.attribute(acc[:4], tf[:4], cov[:4])  # warm-up
             built[name] = (engine, acc, tf, cov)
         engine, acc, tf, cov = built[name]
+        sync()
         cpu, wall = time.process_time(), time.perf_counter()
         attr = engine.attribute(acc, tf, cov)[0]
+        sync()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        attr = attr.cpu()
         path = Path(out_dir) / f"case{list(CASES).index(name)}.pt"
         if not path.exists():
             torch.save(attr, path)
@@ -94,10 +105,10 @@ def worker(out_dir: str, threads: int) -> None:
 class _Side:
     """A worker process for one checkout."""
 
-    def __init__(self, root: Path, threads: int) -> None:
+    def __init__(self, root: Path, threads: int, device: str) -> None:
         self.out = tempfile.mkdtemp(prefix="bench-peaks-")
         env = dict(os.environ, PYTHONPATH=str(root))
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", self.out, str(threads)], cwd=root,
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", self.out, str(threads), device], cwd=root,
                                      env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = json.loads(self.proc.stdout.readline())
 
@@ -113,24 +124,25 @@ class _Side:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", type=Path, help="a checkout of the previous release")
+    ap.add_argument("--baseline", type=Path, help="a checkout of the previous release (without: this tree alone)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
-    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]))
+        worker(args.worker[0], int(args.worker[1]), args.worker[2])
         return
     import torch
 
-    if args.baseline is None:
-        ap.error("--baseline is required")
-    roots = {"baseline": args.baseline.resolve(), "this": Path(__file__).resolve().parents[1]}
+    roots = {"this": Path(__file__).resolve().parents[1]}
+    if args.baseline is not None:
+        roots = {"baseline": args.baseline.resolve(), **roots}
     cases = [c for c in args.cases.split(",") if c]
     best: dict[tuple[str, str], dict] = {}
     for i, case in enumerate(cases):
-        sides = {name: _Side(root, args.threads) for name, root in roots.items()}
+        sides = {name: _Side(root, args.threads, args.device) for name, root in roots.items()}
         if i == 0:
             for name, side in sides.items():
                 print(f"{name}: {side.info['package']} ({side.info['threads']} threads)", flush=True)
@@ -141,6 +153,12 @@ def main() -> None:
                 b["cpu"], b["wall"] = min(b["cpu"], r["cpu"]), min(b["wall"], r["wall"])
         for side in sides.values():
             side.close()
+    if args.baseline is None:
+        print(f"\n{'case':<24}{'cells':>6}{'ms/cell (cpu)':>15}{'ms/cell (wall)':>16}   device {args.device}")
+        for case in cases:
+            r = best[(case, "this")]
+            print(f"{case:<24}{CASES[case][3]:>6}{r['cpu'] * 1e3:>15.3f}{r['wall'] * 1e3:>16.3f}")
+        return
     print(f"\n{'case':<24}{'cells':>6}{'baseline ms/cell':>18}{'this ms/cell':>14}{'ratio cpu':>11}{'ratio wall':>12}"
           f"{'max diff':>10}")
     for case in cases:

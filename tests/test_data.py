@@ -124,3 +124,22 @@ def test_progress_kinds():
     text = lines.getvalue().splitlines()
     assert text[0].startswith("[G] 2/4 cells (50%)") and "cells/s" in text[0] and "ETA" in text[0]
     assert text[-1].startswith("[G] 4/4 cells (100%)")
+
+
+def test_numeric_tables_read_as_anndata_reads_them(demo_atlas):
+    """``rna.uns['gene_tf']`` read column by column into one matrix: the table anndata's reader gives; tables
+    of other columns (strings, categories) are left to that reader."""
+    from cell2net_attr.data.store import H5Store
+
+    data, _ = demo_atlas
+    store = H5Store(data)
+    try:
+        fast, ref = store.numeric_frame("mod/rna/uns/gene_tf"), store.read("mod/rna/uns/gene_tf")
+        assert fast is not None and fast.shape == ref.shape and fast.to_numpy().dtype == ref.to_numpy().dtype
+        assert (fast.to_numpy() == ref.to_numpy()).all()
+        assert list(fast.columns) == [str(c) for c in ref.columns]
+        assert list(fast.index) == [str(i) for i in ref.index]
+        for key in ("uns/peak_to_gene", "obs", "mod/atac/uns/peaks"):
+            assert store.numeric_frame(key) is None
+    finally:
+        store.close()

@@ -133,6 +133,57 @@ def test_folded_sequence_tower_equals_the_module(random_model):
                                rtol=1e-5, atol=1e-6)
 
 
+def _tower_as_folded_before(encoder, seq):
+    """The folded tower as it was computed before the stem table: the stem convolved, ELU before the pooling."""
+    import torch.nn.functional as F
+
+    from cell2net_attr.model.architecture import _fold_batchnorm
+
+    x = F.elu(encoder.stem(seq.permute(0, 3, 1, 2)), encoder.stem_conv[1].alpha)
+    for i in range(0, len(encoder.conv_tower), 2):
+        conv, bn, elu, pool = encoder.conv_tower[i]
+        weight, bias = _fold_batchnorm(conv, bn)
+        x = pool(F.elu(F.conv2d(x, weight, bias, padding=conv.padding), elu.alpha))
+        conv_1x1, elu_1x1 = encoder.conv_tower[i + 1]
+        x = F.elu(conv_1x1(x), elu_1x1.alpha) + x
+    return torch.flatten(x.permute(0, 2, 1, 3), start_dim=2)
+
+
+@pytest.mark.parametrize("kernel", [3, 4, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_stem_table_is_the_convolution(kernel, dtype):
+    """For one-hot sequences the stem and its ELU are looked up per window of letters (N and the padding at
+    both ends included), and the ELU runs after the pooling: the tower's values are the convolution's, to
+    the last bits (the table's convolution may sum a window's products in another order). Anything not
+    one-hot goes through the convolution itself."""
+    import torch.nn.functional as F
+
+    from cell2net_attr.model.architecture import _window_codes
+    from cell2net_attr.synthetic import random_module
+
+    spec = ModelSpec(n_peaks=6, peak_len=512, n_tfs=2, n_covariates=0, n_filters=(8, 4), n_channels=4,
+                     kernel_size=kernel, n_dims=8, n_attn_blocks=1)
+    encoder = random_module(spec, seed=kernel).seq_encoder.to(dtype)
+    g = torch.Generator().manual_seed(kernel)
+    seq = torch.eye(5, 4, dtype=dtype)[torch.randint(0, 5, (2, 6, 512), generator=g)]  # letter 4: N
+    seq[0, 0, :3] = 0.0
+    seq[1, 5, -2:] = 0.0
+    assert 5 ** kernel <= seq[..., 0].numel(), "the sequences are too short for the table to be used"
+    ulps = {"rtol": 4 * torch.finfo(dtype).eps, "atol": 4 * torch.finfo(dtype).eps}
+    with torch.no_grad():
+        direct = F.elu(encoder.stem(seq.permute(0, 3, 1, 2)))
+        assert _window_codes(seq, kernel) is not None
+        torch.testing.assert_close(encoder.stem_elu(seq), direct, **ulps)
+        torch.testing.assert_close(encoder.stem_elu(seq[1:]), direct[1:], **ulps)
+        torch.testing.assert_close(encoder.forward_inference(seq), _tower_as_folded_before(encoder, seq),
+                                   rtol=1e3 * ulps["rtol"], atol=1e3 * ulps["atol"])
+        two_bases = seq.clone()
+        two_bases[1, 2, 7] = 1.0
+        for other in (seq * 0.5, two_bases, seq + (seq == 0) * 1e-3):
+            assert _window_codes(other, kernel) is None
+            assert torch.equal(encoder.stem_elu(other), F.elu(encoder.stem(other.permute(0, 3, 1, 2))))
+
+
 def test_folded_sequence_tower_refuses_train_mode(random_model):
     encoder = random_model.module.seq_encoder
     try:

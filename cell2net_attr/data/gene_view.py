@@ -106,14 +106,14 @@ def load_gene_data(
     """
     store, src = index.store, index.source
     for mod in (rna_mod, atac_mod):
-        if not store.has(f"mod/{mod}"):
+        if not index.has(f"mod/{mod}"):
             raise UserError(f"no modality '{mod}' (use --rna-mod/--atac-mod)", src)
     if len(index.names) == 0:
         raise UserError("the data has zero cells", src)
 
     p2g = _gene_peaks(index, gene)
     peaks = [str(p) for p in p2g["peak"]]
-    has_obsm_tf, has_tfs = store.has(f"mod/{rna_mod}/obsm/tf"), store.has("uns/tfs")
+    has_obsm_tf, has_tfs = index.has(f"mod/{rna_mod}/obsm/tf"), index.has("uns/tfs")
     if has_obsm_tf != has_tfs:  # half of a per-gene file: say which half is missing
         obsm_tf, uns_tfs = f"{rna_mod}.obsm['tf']", "mdata.uns['tfs']"
         have, lack = (obsm_tf, uns_tfs) if has_obsm_tf else (uns_tfs, obsm_tf)
@@ -132,9 +132,9 @@ def load_gene_data(
 
     _check_counts(spec, gene, peaks, tfs, covariates, src)
     acc_key = f"mod/{atac_mod}/layers/counts"
-    if not store.has(acc_key):
+    if not index.has(acc_key):
         raise UserError(f"no '{atac_mod}.layers[\"counts\"]'", src)
-    if layout == "full" and not store.has(tf_key):
+    if layout == "full" and not index.has(tf_key):
         raise UserError(f"no '{rna_mod}.layers[\"counts\"]'", src)
     acc_cols = _columns(index, atac_mod, peaks, "peak")
 

@@ -39,5 +39,18 @@ def one_hot(seq: str, name: str, length: int, source: str) -> np.ndarray:
 
 
 def one_hot_all(seqs: list[str], names: list[str], length: int, source: str) -> np.ndarray:
-    """Encode every peak of a gene: (P, length, 4) float32."""
-    return np.stack([one_hot(s, n, length, source) for s, n in zip(seqs, names)])
+    """Encode every peak of a gene: (P, length, 4) float32, as :func:`one_hot` encodes each, in one lookup.
+
+    A sequence :func:`one_hot` would refuse is refused by it, with its message (the first such peak)."""
+    malformed = next((i for i, s in enumerate(seqs) if not isinstance(s, str) or len(s) != length
+                      or not s.isascii()), None)
+    if malformed is not None:  # the first peak one_hot refuses, as the peaks are checked in order
+        for s, n in zip(seqs[: malformed + 1], names):
+            one_hot(s, n, length, source)
+    codes = np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8).reshape(len(seqs), length)
+    encoded = _TABLE[codes]  # (P, length, 4)
+    bad = np.isnan(encoded[..., 0]).any(axis=1)
+    if bad.any():
+        p = int(np.argmax(bad))
+        one_hot(seqs[p], names[p], length, source)  # raises, naming the letters
+    return encoded

@@ -100,6 +100,35 @@ class H5Store:
         is read once, by :class:`~cell2net_attr.data.job_index.DataIndex`."""
         return self._guard(key, lambda: read_elem(self._file[key]))
 
+    def numeric_frame(self, key: str) -> pd.DataFrame | None:
+        """A dataframe element whose columns are all numeric arrays of one dtype and length (``rna.uns['gene_tf']``:
+        genes x TFs), read column by column into one matrix; ``None`` for any other (then :meth:`read` it).
+
+        anndata's reader gives the same table, one Series per column, in about three times the time: the
+        columns are read here through h5py's low-level calls (a column that is not one dataset, a categorical
+        or nullable one, makes the table another kind)."""
+        def _read() -> pd.DataFrame | None:
+            group = self._file[key]
+            if not isinstance(group, h5py.Group) or group.attrs.get("encoding-type") != "dataframe":
+                return None
+            columns = [str(c) for c in np.atleast_1d(group.attrs.get("column-order", []))]
+            datasets = []
+            for c in columns:
+                if h5py.h5g.get_objinfo(group.id, c.encode()).type != h5py.h5g.DATASET:
+                    return None
+                datasets.append(h5py.h5d.open(group.id, c.encode()))
+            if not datasets or not all(_plain_numeric(d, datasets[0]) for d in datasets):
+                return None
+            index = self.index(key)
+            if len(index) != datasets[0].shape[0]:
+                return None
+            matrix = np.empty((len(columns), len(index)), dtype=datasets[0].dtype)
+            for row, ds in zip(matrix, datasets):
+                ds.read(h5py.h5s.ALL, h5py.h5s.ALL, row)
+            return pd.DataFrame(matrix.T, index=index, columns=pd.Index(columns, dtype=object))
+
+        return self._guard(key, _read)
+
     def _index_dataset(self, key: str):
         group = self._file[key]
         return group[group.attrs["_index"]]
@@ -198,6 +227,11 @@ class H5Store:
             raise UserError(f"cannot read '{key}' ({first_line(exc)})", self.source) from exc
 
 
+def _plain_numeric(ds: h5py.h5d.DatasetID, first: h5py.h5d.DatasetID) -> bool:
+    """Whether dataset ``ds`` is 1-d, numeric, of the same dtype and length as ``first``."""
+    return len(ds.shape) == 1 and ds.dtype.kind in "biuf" and ds.dtype == first.dtype and ds.shape == first.shape
+
+
 def _check_sparse(block) -> None:
     """A corrupt indptr/indices makes scipy's C code read out of bounds (a crash): refuse it first."""
     block.check_format(full_check=True)  # index bounds, but only when the (possibly corrupt) nnz > 0
@@ -279,6 +313,10 @@ class MemoryStore:
     def read(self, key: str) -> Any:
         """The element itself."""
         return self._guard(key, lambda: self._resolve(key))
+
+    def numeric_frame(self, key: str) -> pd.DataFrame | None:
+        """``None``: the element is in memory already (:meth:`read` it)."""
+        return None
 
     def index(self, key: str) -> pd.Index:
         """Index of a dataframe element."""

@@ -70,26 +70,31 @@ def merge_tables(
     open0 = ((w < 0) | ((w == 0) & (s > 0))).to(s.dtype)  # (P, H)
     c0 = (open0 * s) @ w2.T + b2  # (P, D)
     d0 = (open0 * w) @ w2.T
-    # Crossing unit j's breakpoint adds sign(w_j) * (s_j, w_j) * W2[:, j]: a cumulative sum in breakpoint order.
+    # Crossing unit j's breakpoint adds sign(w_j) * (s_j, w_j) * W2[:, j]: a cumulative sum in breakpoint order,
+    # of both parts at once (part 0 the constant, part 1 the slope), written in place into the table.
     sign = torch.sign(w)
-    step_c = torch.gather(sign * s, 1, order).unsqueeze(-1) * w2.T[order]  # (P, H, D)
-    step_d = (sign * w)[order].unsqueeze(-1) * w2.T[order]
-    c = torch.cat([c0.unsqueeze(1), c0.unsqueeze(1) + step_c.cumsum(dim=1)], dim=1)  # (P, H + 1, D)
-    d = torch.cat([d0.unsqueeze(1), d0.unsqueeze(1) + step_d.cumsum(dim=1)], dim=1)
-    return breaks, torch.cat([c, d], dim=-1)
+    coef = torch.stack([torch.gather(sign * s, 1, order), (sign * w)[order]], dim=-1)  # (P, H, 2)
+    p, h, d = s.shape[0], s.shape[1], w2.shape[0]
+    table = torch.empty(p, h + 1, 2, d, dtype=s.dtype, device=s.device)
+    table[:, 0, 0], table[:, 0, 1] = c0, d0
+    steps = table[:, 1:]
+    torch.mul(coef.unsqueeze(-1), w2.T[order].unsqueeze(2), out=steps)
+    steps.cumsum_(dim=1).add_(table[:, :1])
+    return breaks, table.view(p, h + 1, 2 * d)
 
 
-def _score_bound(w_q: torch.Tensor, b_q: torch.Tensor, w_k: torch.Tensor, b_k: torch.Tensor) -> float:
-    """Bound on ``|q . k|`` when q, k are affine maps of LayerNorm outputs (no affine).
+def _score_bound(w_q: torch.Tensor, b_q: torch.Tensor, w_k: torch.Tensor, b_k: torch.Tensor) -> torch.Tensor:
+    """Bound on ``|q . k|`` when q, k are affine maps of LayerNorm outputs (no affine), per head.
 
     Such an output ``n`` has zero mean and ``|n| < sqrt(D)``, so ``|W n + b| <=
-    |W P0|_2 sqrt(D) + |b|`` with ``P0`` the projection onto zero-mean vectors.
+    |W P0|_2 sqrt(D) + |b|`` with ``P0`` the projection onto zero-mean vectors. ``w_q``, ``w_k`` are
+    (heads, head_dim, D) and ``b_q``, ``b_k`` (heads, head_dim); the bounds are (heads,).
     """
-    d = w_q.shape[1]
+    d = w_q.shape[-1]
     p0 = torch.eye(d, dtype=w_q.dtype, device=w_q.device) - 1.0 / d
-    nq = torch.linalg.matrix_norm(w_q @ p0, 2) * math.sqrt(d) + b_q.norm()
-    nk = torch.linalg.matrix_norm(w_k @ p0, 2) * math.sqrt(d) + b_k.norm()
-    return float(nq * nk)
+    nq = torch.linalg.matrix_norm(w_q @ p0, 2) * math.sqrt(d) + b_q.norm(dim=-1)
+    nk = torch.linalg.matrix_norm(w_k @ p0, 2) * math.sqrt(d) + b_k.norm(dim=-1)
+    return nq * nk
 
 
 class _Block:
@@ -118,11 +123,8 @@ class _Block:
         # Softmax rows sum to one, so the value bias passes through attention unchanged.
         b_out = b_out + w_out @ b_in[2 * d:]
         b_in[2 * d:] = 0.0
-        bound = max(
-            _score_bound(w_in[h * hd:(h + 1) * hd], b_in[h * hd:(h + 1) * hd],
-                         w_in[d + h * hd:d + (h + 1) * hd], b_in[d + h * hd:d + (h + 1) * hd])
-            for h in range(n_heads)
-        )
+        bound = float(_score_bound(w_in[:d].view(n_heads, hd, d), b_in[:d].view(n_heads, hd),
+                                   w_in[d:2 * d].view(n_heads, hd, d), b_in[d:2 * d].view(n_heads, hd)).max())
         self.log2_bound = bound / math.log(2.0)
         self.use_exp2 = self.log2_bound <= MAX_LOG2_SCORE
 
@@ -130,11 +132,11 @@ class _Block:
         rows = 3 * hd + 1
         w_pack = torch.zeros(n_heads, rows, d, dtype=_F64, device=w_in.device)
         b_pack = torch.zeros(n_heads, rows, dtype=_F64, device=w_in.device)
-        for h in range(n_heads):
-            for j, scale in enumerate((1.0 / math.log(2.0), 1.0, 1.0)):
-                src = slice(j * d + h * hd, j * d + (h + 1) * hd)
-                w_pack[h, j * hd:(j + 1) * hd] = w_in[src] * scale
-                b_pack[h, j * hd:(j + 1) * hd] = b_in[src] * scale
+        scale = torch.tensor([1.0 / math.log(2.0), 1.0, 1.0], dtype=_F64, device=w_in.device).view(3, 1, 1)
+        # w_in's rows are (q, k, v) x heads x head_dim; the pack's, heads x (q, k, v) x head_dim
+        w_pack[:, :3 * hd] = (w_in.view(3, n_heads, hd, d) * scale.unsqueeze(-1)).transpose(0, 1).reshape(
+            n_heads, 3 * hd, d)
+        b_pack[:, :3 * hd] = (b_in.view(3, n_heads, hd) * scale).transpose(0, 1).reshape(n_heads, 3 * hd)
         b_pack[:, 3 * hd] = 1.0
         self.w_pack = cast(w_pack.reshape(n_heads * rows, d))
         self.b_pack = cast(b_pack.reshape(n_heads * rows, 1))

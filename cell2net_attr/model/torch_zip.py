@@ -20,8 +20,10 @@ import collections
 import copyreg
 import io
 import pickle
+import struct
 import sys
 import zipfile
+import zlib
 
 import torch
 
@@ -31,6 +33,11 @@ _STORAGE_DTYPES = {
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
+
+
+#: A zip member's local file header (APPNOTE 4.3.7): signature, versions, flags, method, time, date, CRC-32,
+#: sizes, name and extra-field lengths.
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
 class Unsupported(Exception):
@@ -60,7 +67,7 @@ class _Storage(_Sealed):
 
     __slots__ = ("flat",)
 
-    def __init__(self, data: bytes, dtype: torch.dtype, numel: int) -> None:
+    def __init__(self, data: bytes | memoryview, dtype: torch.dtype, numel: int) -> None:
         if len(data) != numel * dtype.itemsize:
             raise Unsupported(f"storage of {numel} elements has {len(data)} bytes")
         # an empty storage views a one-element buffer: torch.empty(0) could be grown by a set_ later
@@ -102,9 +109,9 @@ def _is_int(x: object) -> bool:
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, zf: zipfile.ZipFile, data_dir: str) -> None:
+    def __init__(self, data: bytes, raw: bytes, zf: zipfile.ZipFile, data_dir: str) -> None:
         super().__init__(io.BytesIO(data))
-        self.zf, self.data_dir = zf, data_dir
+        self.raw, self.zf, self.data_dir = memoryview(raw), zf, data_dir
         self.storages: dict[str, _Storage] = {}
         self.rebuild = _RebuildTensor()
 
@@ -127,15 +134,31 @@ class _Unpickler(pickle.Unpickler):
             self.storages[key] = _Storage(self._record(key, numel * kind.dtype.itemsize), kind.dtype, numel)
         return self.storages[key]
 
-    def _record(self, key: str, nbytes: int) -> bytes:
-        """A storage's bytes, read only once its size is known to be right (no decompression)."""
+    def _record(self, key: str, nbytes: int) -> memoryview:
+        """A storage's bytes, read only once its size is known to be right (no decompression).
+
+        As ``ZipFile.read`` reads them (the local header's signature and name checked, the CRC-32 compared),
+        but straight from the file's bytes: a checkpoint has one record per tensor, and ``ZipFile.open``
+        costs more than the copy."""
         try:
             info = self.zf.getinfo(self.data_dir + key)
         except KeyError:
             raise Unsupported(f"no record for storage {key}") from None
-        if info.compress_type != zipfile.ZIP_STORED or info.file_size != nbytes:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != nbytes or info.compress_size != nbytes:
             raise Unsupported(f"record of storage {key} is compressed or of the wrong size")
-        return self.zf.read(info)
+        if info.flag_bits & 0x1:
+            raise Unsupported(f"record of storage {key} is encrypted")
+        start = info.header_offset
+        header = _LOCAL_HEADER.unpack_from(self.raw, start)  # struct.error past the end: a damaged file
+        name_len, extra_len = header[10], header[11]
+        name = bytes(self.raw[start + _LOCAL_HEADER.size : start + _LOCAL_HEADER.size + name_len])
+        if header[0] != b"PK\x03\x04" or name != info.orig_filename.encode("utf-8"):
+            raise Unsupported(f"the local header of storage {key} does not match the directory")
+        first = start + _LOCAL_HEADER.size + name_len + extra_len
+        data = self.raw[first : first + nbytes]
+        if len(data) != nbytes or zlib.crc32(data) != info.CRC:
+            raise zipfile.BadZipFile(f"bad CRC-32 or truncated record for storage {key}")
+        return data
 
     def load(self):
         obj = super().load()
@@ -165,4 +188,4 @@ def load(raw: bytes) -> object:
         prefix = pkls[0][: -len("data.pkl")]
         if f"{prefix}byteorder" in names and zf.read(f"{prefix}byteorder") != b"little":
             raise Unsupported("big-endian storages")
-        return _Unpickler(zf.read(pkls[0]), zf, f"{prefix}data/").load()
+        return _Unpickler(zf.read(pkls[0]), raw, zf, f"{prefix}data/").load()

@@ -16,7 +16,7 @@ ALLOWED = {
     "errors": set(), "_version": set(), "_compat": set(), "_lists": {"errors"},
     "data": BASE, "model": BASE, "io": BASE,
     "engines": BASE | {"model"},
-    "pipeline": BASE | {"data", "model", "engines", "io"},
+    "pipeline": BASE | {"data", "model", "engines", "io", "downstream"},  # a job's summary is summarize's
     "downstream": BASE | {"data", "io"},
     "synthetic": BASE | {"model"},
     "api": BASE | {"data", "engines", "pipeline"},

@@ -11,6 +11,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -24,7 +25,7 @@ from ..io.schema import FORMAT_NAMES
 from ..pipeline.options import RunOptions
 
 #: Library parameters whose flag is not ``--`` + the name with dashes.
-FLAGS = {"fmt": "--format", "out_dir": "--out-dir"}
+FLAGS = {"fmt": "--format", "out_dir": "--out-dir", "per_cell": "--no-per-cell"}
 
 
 def err(message: str) -> None:
@@ -151,9 +152,21 @@ OPT = {
                                                              "chunk.")),
     "shard": (Optional[str], typer.Option(None, show_default="from SLURM_ARRAY_TASK_* in a job array, else none",
                                           help="K/N: compute contiguous part K (0-based) of N.")),
+    "summary": (Optional[Path], typer.Option(_D.summary, show_default="none",
+                                             help="Also write the table `summarize` would give (.tsv, .csv, "
+                                                  ".h5ad), accumulated while computing.")),
+    "groupby": (Optional[str], typer.Option(_D.groupby, show_default="one group of all cells",
+                                            help="obs column grouping the --summary (NaN values are left out).")),
+    "top": (Optional[int], typer.Option(_D.top, min=1, show_default="all, file order",
+                                        help="--summary keeps the N TFs (peaks) of largest mean per gene and group.")),
+    "per_cell": (bool, typer.Option(_D.per_cell, "--per-cell/--no-per-cell",
+                                    help="Write the per-cell files (--no-per-cell: the --summary alone).")),
 }
-#: What `run` and `run-many` both take.
-RUN_OPTIONS = tuple(OPT)
+#: What only `run-many` takes (the summary of many genes).
+RUN_MANY_ONLY = ("summary", "groupby", "top", "per_cell")
+#: What `run` takes; `run-many` takes every shared option.
+RUN_OPTIONS = tuple(k for k in OPT if k not in RUN_MANY_ONLY)
+RUN_MANY_OPTIONS = tuple(OPT)
 
 
 def option(name: str):

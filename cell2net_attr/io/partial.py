@@ -7,6 +7,11 @@ chunk damaged afterwards (a disk or copy fault) fails its checksum and is recomp
 ``meta.json`` records the run's identity (:class:`~cell2net_attr.io.schema.RunIdentity` and the
 shard's place). ``--resume`` keeps the contiguous chunks from row 0 on and computes the rest; the final
 file is then assembled chunk by chunk by the ordinary writers and renamed into place.
+
+A job that also accumulates something over its rows (a summary's group sums) hands a :class:`ChunkSide`:
+what it gathered over a chunk's rows is saved in that chunk (``side_<name>`` arrays), and a resumed run hands
+back every kept chunk's. A job that keeps no rows (``keep_rows=False``: a summary without per-cell files)
+saves chunks of side arrays alone.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -39,18 +45,33 @@ def partial_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.partial")
 
 
+SIDE = "side_"  # prefix of the side arrays in a chunk file
+
+
+class ChunkSide(Protocol):
+    """What a job gathers over its rows besides the rows themselves, saved with each chunk."""
+
+    def take(self) -> dict[str, np.ndarray]:
+        """What was gathered over the rows since the last call (they are being saved as one chunk)."""
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """What a saved chunk holds, handed back by a resumed run (once per kept chunk, in row order)."""
+
+
 class PartialRun:
     """Chunks of finished rows for one output, resumable across processes."""
 
     def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
-                 chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
+                 chunk_rows: int | None = None, chunk_seconds: float = 10.0, side: ChunkSide | None = None,
+                 keep_rows: bool = True) -> None:
         self.out, self.dir = out, partial_dir(out)
         self._warn = warn
+        self.side, self.keep_rows = side, keep_rows
         self.identity = {k: plain_value(v) for k, v in identity.items()}
         # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
         self.chunk_rows = chunk_rows or 16384
         self.chunk_seconds = chunk_seconds
-        self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []  # without keep_rows: (start, n, None)
         self._last = time.monotonic()
         self.rows_done = 0
         if self.dir.exists():
@@ -76,14 +97,21 @@ class PartialRun:
                           if (saved or {}).get(k) != self.identity.get(k))
             raise UserError(f"the partial output in {self.dir} is from a different run ({', '.join(keys[:4])} "
                             f"differ); use --overwrite to start over", out)
-        done = 0
+        done, sides = 0, []
         for start, stop, path in self._chunk_files():
             if start != done:
                 break
-            if _digest(path.read_bytes()) != _CHUNK.match(path.name).group(3):
+            data = path.read_bytes()
+            if _digest(data) != _CHUNK.match(path.name).group(3):
                 self._warn(f"{path} is damaged (its checksum does not match); recomputing from cell {start}")
                 break
+            if self.side is not None:
+                with np.load(io.BytesIO(data)) as z:
+                    sides.append({k[len(SIDE):]: z[k] for k in z.files if k.startswith(SIDE)})
             done = stop
+        for arrays in sides:  # only once the prefix is known good
+            if arrays:
+                self.side.restore(arrays)
         for start, _, path in self._chunk_files():  # keep only the contiguous prefix
             if start >= done:
                 path.unlink(missing_ok=True)
@@ -101,22 +129,27 @@ class PartialRun:
 
     def add(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Buffer finished rows ``start..start+len(attr)``; saves a chunk when it is big or old."""
-        self._buf.append((start, attr, delta))
-        rows = sum(len(a) for _, a, _ in self._buf)
-        if rows >= self.chunk_rows or time.monotonic() - self._last >= self.chunk_seconds:
+        self._buf.append((start, attr, delta) if self.keep_rows else (start, len(attr), None))
+        if self._buffered_rows() >= self.chunk_rows or time.monotonic() - self._last >= self.chunk_seconds:
             self.flush()
 
+    def _buffered_rows(self) -> int:
+        return sum(len(a) if self.keep_rows else a for _, a, _ in self._buf)
+
     def flush(self) -> None:
-        """Save buffered rows as one chunk file (atomically)."""
+        """Save buffered rows (and the side's arrays) as one chunk file (atomically)."""
         if not self._buf:
             return
-        start, attr, delta = self._buffered()
-        stop = start + len(attr)
+        start = self._buf[0][0]
+        stop = start + self._buffered_rows()
+        arrays = {}
+        if self.keep_rows:
+            _, attr, delta = self._buffered()
+            arrays = {"attr": attr} if delta is None else {"attr": attr, "delta": delta}
+        if self.side is not None:
+            arrays.update({SIDE + k: v for k, v in self.side.take().items()})
         buf = io.BytesIO()
-        if delta is not None:
-            np.savez(buf, attr=attr, delta=delta)
-        else:
-            np.savez(buf, attr=attr)
+        np.savez(buf, **arrays)
         data = buf.getvalue()
         name = f"chunk-{start:012d}-{stop:012d}-{_digest(data)}.npz"  # the name carries the checksum
         tmp = self.dir / f".{name}.{os.getpid()}"
@@ -136,7 +169,10 @@ class PartialRun:
     def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """Saved chunks in row order, one at a time (memory stays one chunk), then the rows still in
         memory: the output takes them directly, as saving them first would only be read back. They stay
-        buffered until :meth:`discard`, so an interrupt while the output is written still saves them."""
+        buffered until :meth:`discard`, so an interrupt while the output is written still saves them.
+        Nothing without ``keep_rows``."""
+        if not self.keep_rows:
+            return
         for start, _, path in self._chunk_files():
             with np.load(path) as z:
                 yield start, z["attr"], z["delta"] if "delta" in z.files else None

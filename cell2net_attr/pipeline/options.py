@@ -44,6 +44,11 @@ class RunOptions:
     hdf5_locking: bool | None = None
     chunk_rows: int | None = None
     quiet: bool = False
+    # run-many only: the group table accumulated while computing (see pipeline.summary_job)
+    summary: Path | None = None
+    groupby: str | None = None
+    top: int | None = None
+    per_cell: bool = True
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunOptions:
@@ -70,7 +75,20 @@ class RunOptions:
         info = check_engine(self.engine, params)
         batch_size = self.batch_size if self.batch_size is not None else info.default_batch
         check_batching(batch_size, self.num_workers)
+        self.check_products()
         return params, info, batch_size
+
+    def check_products(self) -> None:
+        """The summary's options make sense together (``--groupby``, ``--top`` and ``--no-per-cell`` need
+        ``--summary``)."""
+        if self.summary is None:
+            for name in ("groupby", "top"):
+                if getattr(self, name) is not None:
+                    raise UserError("needs --summary PATH (the table it makes)", param=name)
+            if not self.per_cell:
+                raise UserError("writes nothing without --summary PATH (the table to make instead)", param="per_cell")
+        if self.top is not None and (isinstance(self.top, bool) or self.top < 1):
+            raise UserError(f"must be a positive number, got {self.top}", param="top")
 
 
 def check_batching(batch_size: int, num_workers: int) -> None:

@@ -3,10 +3,14 @@
 A gene whose output already holds this very run (the same run identity) is skipped; an output of another
 run is refused for that gene, naming what differs (outputs appear only when complete, so an existing file
 is a finished one). A gene that fails is recorded in ``run-report.tsv`` and the run goes on.
+
+With ``--summary``, the group table ``summarize`` would give is accumulated as the genes compute
+(:mod:`cell2net_attr.pipeline.summary_job`), with or without the per-cell files (``--no-per-cell``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import time
@@ -32,6 +36,7 @@ from .options import RunOptions
 from .progress import Progress
 from .shards import Shard
 from .stream import Blocks
+from .summary_job import SummaryJob, check_summary_path
 from .threads import set_threads
 
 REPORT = "run-report.tsv"
@@ -93,6 +98,11 @@ class _Job:
     device: object
     record: Callable[[GeneOutcome], None]
     progress: Progress | None
+    summary: SummaryJob | None = None
+
+    def output_of(self, gene_job: GeneJob) -> Path:
+        """What the report names as a gene's output: its file, else the summary."""
+        return gene_job.output.path if gene_job.output is not None else self.summary.path
 
 
 def run_many(
@@ -104,16 +114,19 @@ def run_many(
     on_gene: Callable[[int, int, GeneOutcome], None] | None = None,
     shard: Shard | None = None,
     progress: Progress | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[GeneOutcome]:
     """Attribute every checkpoint against ``data`` into ``out_dir/<gene>.<fmt>``.
 
     The data file is opened, hashed and its cells selected once; genes are computed in groups of
     :data:`GROUP_GENES`, each block of rows read once for the whole group. With a ``shard``, only that
     contiguous part of the genes is run and the report is ``run-report-0000K-of-0000N.tsv``. Returns one
-    outcome per gene; the report is written even when interrupted.
+    outcome per gene; the report is written even when interrupted. With ``opts.summary``, the group table is
+    written at the end (``summary-0000K-of-0000N.tsv`` for a shard), its notes handed to ``on_note``.
     """
     report = out_dir / REPORT
-    if shard is not None and shard.count > 1:
+    sharded = shard is not None and shard.count > 1
+    if sharded:
         start, stop = shard.bounds(len(checkpoints))
         checkpoints, report = checkpoints[start:stop], shard.path(report)
     output_format = format_named(fmt)
@@ -121,6 +134,8 @@ def run_many(
     set_threads(opts.threads)
     if opts.delta and not output_format.has_names:
         raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", param="fmt")
+    if opts.summary is not None:
+        check_summary_path(shard.path(Path(opts.summary)) if sharded else Path(opts.summary), [data])
     covariates = parse_covariates(opts.covariates)
     device = resolve_device(opts.device)  # once: a missing GPU is one error, not one per gene
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
@@ -143,14 +158,28 @@ def run_many(
         spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(checkpoints)), selection,
                        0, len(selection.rows), data_sha256=index.sha256, resume=opts.resume,
                        hdf5_locking=opts.hdf5_locking, chunk_rows=opts.chunk_rows)
-        job = _Job(spec, index, data, out_dir, output_format, opts, covariates, device, record, progress)
-        for a in range(0, len(checkpoints), GROUP_GENES):
-            group = checkpoints[a : a + GROUP_GENES]
-            _run_group(group, replace(job, spec=replace(spec, group_size=len(group))))
+        summary = (SummaryJob(Path(opts.summary), opts.groupby, opts.top, spec, covariates, index, shard,
+                              opts.overwrite) if opts.summary is not None else None)
+        with summary or contextlib.nullcontext():
+            job = _Job(spec, index, data, out_dir, output_format, opts, covariates, device, record, progress,
+                       summary)
+            for a in range(0, len(checkpoints), GROUP_GENES):
+                group = checkpoints[a : a + GROUP_GENES]
+                _run_group(group, replace(job, spec=replace(spec, group_size=len(group))))
+            if summary is not None:
+                _write_summary(summary, [ck.stem for ck in checkpoints], on_note)
     finally:
         store.close()
         write_report(report, outcomes)
     return outcomes
+
+
+def _write_summary(summary: SummaryJob, genes: list[str], on_note: Callable[[str], None] | None) -> None:
+    """Write the job's table and hand its notes (cells left out, empty groups) to ``on_note``."""
+    written = summary.write(genes)
+    notes = written.notes() if written is not None else [f"no gene has rows: {summary.path} is not written"]
+    for note in notes if on_note is not None else ():
+        on_note(note)
 
 
 def _open_data(data: Path, checkpoints: list[Path], locking: bool | None) -> H5Store:
@@ -189,34 +218,49 @@ def _run_group(group: list[Path], job: _Job) -> None:
         for gene_job in jobs:
             if gene_job.failed is None:
                 try:
+                    if job.summary is not None:  # its sums kept first: then its chunks may go
+                        job.summary.finish(gene_job.gene, gene_job.model.checkpoint.sha256,
+                                           gene_job.model.features(job.spec.params.target), gene_job.moments.total())
                     life.finish(gene_job)
                 except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
                     life.fail(gene_job, exc)
             if gene_job.failed is not None:
-                job.record(GeneOutcome.failure(gene_job.gene, gene_job.checkpoint, gene_job.output.path,
+                job.record(GeneOutcome.failure(gene_job.gene, gene_job.checkpoint, job.output_of(gene_job),
                                                gene_job.failed, gene_job.seconds))
             else:
-                job.record(GeneOutcome(gene_job.gene, gene_job.checkpoint, Outcome.DONE, gene_job.output.path,
+                job.record(GeneOutcome(gene_job.gene, gene_job.checkpoint, Outcome.DONE, job.output_of(gene_job),
                                        gene_job.seconds))
 
 
 def _open_gene(ck: Path, job: _Job, life: Lifecycle) -> GeneJob | None:
     """The gene's job, or None (recorded) when it is busy, done already, or fails to load."""
     t0 = time.monotonic()
-    out = job.out_dir / f"{ck.stem}{job.fmt.suffix}"
-    holder = life.claim(out)
+    per_cell, summary, redo = job.opts.per_cell, job.summary, job.opts.overwrite
+    out = job.out_dir / f"{ck.stem}{job.fmt.suffix}" if per_cell else summary.path
+    holder = life.claim(out) if per_cell else None  # a summary is claimed whole, for the job
     if holder is not None:
         job.record(GeneOutcome(ck.stem, ck, Outcome.BUSY, out, 0.0, f"another run is computing it ({holder})"))
         return None
     try:
         checkpoint = load_checkpoint(ck)
         identity = job.spec.identity(checkpoint.gene, job.covariates, checkpoint.sha256, job.fmt.name)
-        if not job.opts.overwrite and existing_output(out, identity):
+        has_file = per_cell and not redo and existing_output(out, identity)
+        has_rows = summary is not None and not redo and summary.has(checkpoint.gene, checkpoint.sha256)
+        if (has_file or not per_cell) and (has_rows or summary is None):
             job.record(GeneOutcome(ck.stem, ck, Outcome.SKIPPED, out))
             return None
-        check_output(out, True, [ck, job.data])
         model = bind(checkpoint, job.index, job.covariates, job.device, job.opts.rna_mod, job.opts.atac_mod)
-        gene_job = life.add(open_job(model, job.spec, (out, job.fmt), ck, job.data))
+        features = model.features(job.spec.params.target)
+        if has_file:  # the summary alone is missing it: its sums are read back from its output
+            summary.from_output(checkpoint.gene, checkpoint.sha256, features, out)
+            job.record(GeneOutcome(ck.stem, ck, Outcome.SKIPPED, out, time.monotonic() - t0))
+            return None
+        if per_cell:
+            check_output(out, True, [ck, job.data])
+        moments = summary.moments(len(features)) if summary is not None else None
+        state = None if per_cell else summary.state_path(checkpoint.gene)
+        gene_job = life.add(open_job(model, job.spec, (out, job.fmt) if per_cell else None, ck, job.data,
+                                     moments, state))
     except Exception as exc:  # noqa: BLE001 - one gene's bug must not lose the other genes
         job.record(GeneOutcome.failure(ck.stem, ck, out, exc, time.monotonic() - t0))
         return None

@@ -22,6 +22,7 @@ from ..engines.base import METHODS, MODULE_MODES, TARGETS
 from ..engines.registry import ENGINES
 from ..errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError, first_line
 from ..io.schema import FORMAT_NAMES
+from ..io.storage import COMPRESSIONS, DTYPES
 from ..pipeline.options import RunOptions
 
 #: Library parameters whose flag is not ``--`` + the name with dashes.
@@ -93,6 +94,8 @@ Engine = choices("Engine", ENGINES)
 ModuleMode = choices("ModuleMode", MODULE_MODES)
 OutputFormat = choices("OutputFormat", FORMAT_NAMES)
 Target = choices("Target", TARGETS)
+Dtype = choices("Dtype", DTYPES)
+Compression = choices("Compression", COMPRESSIONS)
 
 
 def plain(value):
@@ -148,6 +151,10 @@ OPT = {
                                                show_envvar=True, show_default="up to 16384, sized to memory",
                                                help="Cells per saved chunk (what --resume keeps after a kill).")),
     "quiet": (bool, typer.Option(_D.quiet, "--quiet", "-q", help="No progress and no summary.")),
+    "dtype": (Dtype, typer.Option(_D.dtype, help="Type of the stored attributions: float16 halves the bytes "
+                                                 "(read back as float32).")),
+    "compression": (Compression, typer.Option(_D.compression, help="Compression of .h5/.hdf5/.h5ad outputs, "
+                                                                   "chunked by rows (not for .npy).")),
     "resume": (bool, typer.Option(_D.resume, "--resume", help="Continue an interrupted run from its last saved "
                                                              "chunk.")),
     "shard": (Optional[str], typer.Option(None, show_default="from SLURM_ARRAY_TASK_* in a job array, else none",

@@ -2,7 +2,8 @@
 
 One home for what `run` writes, `--resume` compares, `merge` checks and the readers expect:
 
-* HDF5 (``.h5``/``.hdf5``): datasets :data:`ATTRIBUTIONS` (cells x features, float32),
+* HDF5 (``.h5``/``.hdf5``): datasets :data:`ATTRIBUTIONS` (cells x features, float32 or float16, optionally
+  compressed: :mod:`.storage`),
   :data:`OBS_NAMES`, the feature names (:data:`FEATURE_NAMES` of the target), optionally
   :data:`DELTA`; the run's identity, provenance and shard place as root attributes, with
   ``encoding-type`` :data:`ENCODING_TYPE` and ``encoding-version`` :data:`ENCODING_VERSION`.
@@ -17,7 +18,7 @@ its saved chunks, or the shards of one run belong together only when their ident
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ class RunIdentity:
     n_rows_total: int
     shard_count: int
     baseline: str = "zero"
+    dtype: str = "float32"  # outputs written before --dtype and --compression are float32, uncompressed
+    compression: str = "none"
 
     def attrs(self) -> dict[str, Any]:
         """Plain attribute values (for HDF5 attributes, ``uns`` and JSON)."""
@@ -105,7 +108,7 @@ class RunIdentity:
         values.setdefault("target", "tfs")
         values.setdefault("delta", has_delta)
         values.setdefault("format", fmt)
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name != "baseline"]
+        missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING]
         if missing:
             raise UserError(f"not a cell2net-attr output (lacks {', '.join(missing[:3])})", source)
         kwargs = {f.name: values[f.name] for f in fields(cls) if f.name in values}
@@ -114,7 +117,7 @@ class RunIdentity:
         for name in ("multiply_by_inputs", "delta"):
             kwargs[name] = bool(kwargs[name])
         for name in ("target", "gene", "engine", "method", "module_mode", "format", "covariates",
-                     "checkpoint_sha256", "data_sha256", "selection_sha256", "baseline"):
+                     "checkpoint_sha256", "data_sha256", "selection_sha256", "baseline", "dtype", "compression"):
             if name in kwargs:
                 kwargs[name] = str(kwargs[name])
         return cls(**kwargs)
@@ -123,7 +126,8 @@ class RunIdentity:
 #: How a run-identity field is named in messages, where its bare name would not say what differs.
 IDENTITY_LABELS = {"checkpoint_sha256": "checkpoint (sha256)", "data_sha256": "data file (sha256)",
                    "selection_sha256": "selected cells (sha256 of their names)", "n_rows_total": "number of cells",
-                   "covariates": "covariates", "shard_count": "number of shards"}
+                   "covariates": "covariates", "shard_count": "number of shards", "dtype": "value type (--dtype)",
+                   "compression": "compression (--compression)"}
 
 
 def _shown(value: Any) -> str:

@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..io.formats import OutputFormat
 from ..io.partial import PartialRun
 from ..io.schema import RunIdentity, output_attrs
+from ..io.storage import Storage
 from .binding import AttributionModel, engine_feed
 from .stream import Blocks, EngineFeed
 
@@ -94,6 +95,7 @@ class JobSpec:
     hdf5_locking: bool | None = None
     group_size: int = 1  # genes computed together: their unsaved rows share BUFFER_BYTES
     chunk_rows: int | None = None  # rows per saved chunk (--chunk-rows); None = sized to the buffer
+    storage: Storage = Storage()  # how the per-cell values are stored (--dtype, --compression)
 
     @property
     def rows(self) -> np.ndarray:
@@ -109,7 +111,7 @@ class JobSpec:
             seed=-1 if params.seed is None else params.seed, delta=params.return_delta, format=fmt,
             covariates=",".join(covariates), checkpoint_sha256=checkpoint_sha256, data_sha256=self.data_sha256,
             selection_sha256=self.selection.digest, n_rows_total=len(self.selection.rows),
-            shard_count=self.shard_count)
+            shard_count=self.shard_count, dtype=self.storage.dtype, compression=self.storage.compression)
 
 
 class MemoryRows:
@@ -190,7 +192,8 @@ class GeneJob:
         rows, data = self.spec.rows, self.model.data
         writer = self.output.fmt.open_writer(
             self.output.path, SelectedNames(data.names, rows), self.model.features(self.spec.params.target),
-            self.output.attrs, self.spec.params.return_delta, self.spec.hdf5_locking, lambda: data.obs_table(rows))
+            self.output.attrs, self.spec.params.return_delta, self.spec.hdf5_locking, lambda: data.obs_table(rows),
+            self.spec.storage)
         try:
             for start, attr, delta in self.sink.chunks():
                 writer.write(start, attr, delta)
@@ -233,17 +236,24 @@ def open_job(model: AttributionModel, spec: JobSpec, out: tuple[Path, OutputForm
     place = {**identity.attrs(), "shard_index": spec.shard_index, "row_start": spec.row_start}
     if moments is not None:
         place["summary"] = moments.key
-    chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (4 * max(1, n_features) * spec.group_size)))
+    item = spec.storage.itemsize
+    chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (item * max(1, n_features) * spec.group_size)))
     partial = PartialRun(path, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows,
                          side=moments, keep_rows=out is not None)
-    feed.sink = partial.add if moments is None else _with_moments(partial, moments)
+    feed.sink = _stored(partial, moments, spec.storage)
     output = Output(path, fmt, attrs) if out is not None else None
     return GeneJob(model, spec, feed, partial, output, checkpoint, done_before=partial.rows_done, moments=moments)
 
 
-def _with_moments(partial: PartialRun, moments) -> Callable[[int, np.ndarray, np.ndarray | None], None]:
-    """The sink that adds each block's rows to the group sums, then to the chunks."""
+def _stored(partial: PartialRun, moments, storage: Storage) -> Callable[[int, np.ndarray, np.ndarray | None], None]:
+    """The sink of a file job: each block's rows as they are stored (rounded to ``--dtype``), into the group
+    sums when there are (so the summary is that of the stored values), then into the chunks."""
+    if moments is None and storage.dtype == "float32":
+        return partial.add
+
     def sink(start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
-        moments.add(start, attr)
+        attr = storage.cast(attr)
+        if moments is not None:
+            moments.add(start, attr)
         partial.add(start, attr, delta)
     return sink

@@ -11,6 +11,7 @@ from typing import Any
 from ..engines.base import IGParams
 from ..engines.registry import EngineInfo, check_engine
 from ..errors import UserError
+from ..io.storage import Storage
 
 _IG = IGParams()  # the integration parameters' defaults are IGParams' own
 
@@ -44,6 +45,8 @@ class RunOptions:
     hdf5_locking: bool | None = None
     chunk_rows: int | None = None
     quiet: bool = False
+    dtype: str = Storage.dtype  # of the per-cell values (float32, float16)
+    compression: str = Storage.compression  # of .h5/.h5ad per-cell files (none, gzip, lzf)
     # run-many only: the group table accumulated while computing (see pipeline.summary_job)
     summary: Path | None = None
     groupby: str | None = None
@@ -78,9 +81,14 @@ class RunOptions:
         self.check_products()
         return params, info, batch_size
 
+    def storage(self) -> Storage:
+        """How the per-cell values are stored (checked when made)."""
+        return Storage(self.dtype, self.compression)
+
     def check_products(self) -> None:
-        """The summary's options make sense together (``--groupby``, ``--top`` and ``--no-per-cell`` need
-        ``--summary``)."""
+        """The outputs' options make sense together (``--groupby``, ``--top`` and ``--no-per-cell`` need
+        ``--summary``; ``--dtype`` and ``--compression`` need per-cell files)."""
+        storage = self.storage()
         if self.summary is None:
             for name in ("groupby", "top"):
                 if getattr(self, name) is not None:
@@ -89,6 +97,9 @@ class RunOptions:
                 raise UserError("writes nothing without --summary PATH (the table to make instead)", param="per_cell")
         if self.top is not None and (isinstance(self.top, bool) or self.top < 1):
             raise UserError(f"must be a positive number, got {self.top}", param="top")
+        if not self.per_cell and storage != Storage():
+            name = "dtype" if storage.dtype != Storage.dtype else "compression"
+            raise UserError("is for the per-cell files, which --no-per-cell does not write", param=name)
 
 
 def check_batching(batch_size: int, num_workers: int) -> None:

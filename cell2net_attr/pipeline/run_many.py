@@ -134,8 +134,10 @@ def run_many(
     set_threads(opts.threads)
     if opts.delta and not output_format.has_names:
         raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", param="fmt")
+    if opts.per_cell:
+        opts.storage().check(output_format.name)
     if opts.summary is not None:
-        check_summary_path(shard.path(Path(opts.summary)) if sharded else Path(opts.summary), [data])
+        check_summary_path(Path(opts.summary), folder=False)  # the rest once --out-dir is made
     covariates = parse_covariates(opts.covariates)
     device = resolve_device(opts.device)  # once: a missing GPU is one error, not one per gene
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
@@ -157,7 +159,7 @@ def run_many(
         selection = Selection.resolve(index, tokens, opts.idx_type, opts.where)
         spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size, len(checkpoints)), selection,
                        0, len(selection.rows), data_sha256=index.sha256, resume=opts.resume,
-                       hdf5_locking=opts.hdf5_locking, chunk_rows=opts.chunk_rows)
+                       hdf5_locking=opts.hdf5_locking, chunk_rows=opts.chunk_rows, storage=opts.storage())
         summary = (SummaryJob(Path(opts.summary), opts.groupby, opts.top, spec, covariates, index, shard,
                               opts.overwrite) if opts.summary is not None else None)
         with summary or contextlib.nullcontext():

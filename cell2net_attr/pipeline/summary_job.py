@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,12 +73,20 @@ class GeneMoments:
         return moments
 
 
-def check_summary_path(path: Path, inputs: list[Path] = ()) -> None:
-    """``--summary`` names a table or AnnData file (not stdout: a rerun must find it), not an input."""
+def check_summary_path(path: Path, inputs: list[Path] = (), folder: bool = True) -> None:
+    """``--summary`` names a table or AnnData file (not stdout: a rerun must find it), not an input; with
+    ``folder``, in a writable folder (without: its suffix alone, before ``--out-dir`` is made)."""
     if str(path) == "-":
         raise UserError("needs a file (.tsv, .csv, .h5ad): a rerun reads the table to skip its genes",
                         param="summary")
-    tables_io.check_table_output(path, True, inputs, h5ad=True)
+    if folder:
+        tables_io.check_table_output(path, True, inputs, h5ad=True)
+    elif not tables_io.is_h5ad(path):
+        try:
+            tables_io.table_separator(path)
+        except UserError:
+            raise UserError(f"unknown output format {Path(path).suffix!r}: use .tsv, .csv (optionally .gz) or "
+                            f".h5ad", path) from None
 
 
 class SummaryJob:
@@ -87,14 +96,15 @@ class SummaryJob:
                  index: DataIndex, shard: Shard | None = None, overwrite: bool = False) -> None:
         shard = shard or Shard(0, 1)
         self.path = shard.path(Path(path)) if shard.count > 1 else Path(path)
-        check_summary_path(self.path)
+        check_summary_path(self.path, [Path(index.source)])
         self.groupby, self.top, self.target = groupby, top, spec.params.target
         if groupby is not None:
             groups = read_groups(index.store, groupby)
             self.codes, self.order = groups.codes[spec.rows], list(groups.order)
         else:
             self.codes, self.order = np.zeros(len(spec.rows), dtype=np.int64), [None]
-        job = spec.identity("", covariates, "", "summary").attrs()
+        # the values summed are those stored (their --dtype), however the per-cell files are compressed
+        job = replace(spec.identity("", covariates, "", "summary"), compression="none").attrs()
         self.meta = {"encoding-type": ENCODING_TYPES["summary"], "encoding-version": ENCODING_VERSION,
                      "target": self.target, "groupby": groupby or "", "top": top or 0,
                      "groups": [plain_value(g) for g in self.order] if groupby else [],

@@ -140,7 +140,7 @@ def _loads_torch(*args: str, cwd: Path | None = None) -> bool:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["summarize", "--help"],
-                                  ["activity", "--help"], ["plot", "--help"]])
+                                  ["activity", "--help"], ["plot", "--help"], ["plan", "--help"]])
 def test_light_commands_do_not_import_torch(args):
     assert not _loads_torch(*args)
 

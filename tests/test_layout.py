@@ -16,7 +16,7 @@ ALLOWED = {
     "errors": set(), "_version": set(), "_compat": set(), "_lists": {"errors"},
     "data": BASE, "model": BASE, "io": BASE,
     "engines": BASE | {"model"},
-    "pipeline": BASE | {"data", "model", "engines", "io"},
+    "pipeline": BASE | {"data", "model", "engines", "io", "downstream"},  # a job's summary is summarize's
     "downstream": BASE | {"data", "io"},
     "synthetic": BASE | {"model"},
     "api": BASE | {"data", "engines", "pipeline"},
@@ -140,7 +140,7 @@ def _loads_torch(*args: str, cwd: Path | None = None) -> bool:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["summarize", "--help"],
-                                  ["activity", "--help"], ["plot", "--help"]])
+                                  ["activity", "--help"], ["plot", "--help"], ["plan", "--help"]])
 @pytest.mark.slow
 def test_light_commands_do_not_import_torch(args):
     assert not _loads_torch(*args)

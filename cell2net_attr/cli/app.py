@@ -12,6 +12,7 @@ from .._version import __version__
 from ..errors import EXIT_USER
 from . import attribution_commands as attribution
 from . import downstream_commands as downstream
+from . import plan_commands
 from . import sequence_commands as sequence
 
 
@@ -64,6 +65,7 @@ app.command()(attribution.merge)
 app.command()(attribution.inspect)
 app.command(help=sequence.MUTAGENESIS_HELP)(sequence.mutagenesis)
 app.command(help=sequence.VARIANTS_HELP)(sequence.variants)
+app.command(help=plan_commands.PLAN_HELP)(plan_commands.plan)
 app.command(help=downstream.SUMMARIZE_HELP)(downstream.summarize)
 app.command(help=downstream.ACTIVITY_HELP)(downstream.activity)
 app.command(help=downstream.PLOT_HELP)(downstream.plot)

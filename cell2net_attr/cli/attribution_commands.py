@@ -15,6 +15,7 @@ import typer
 from ..errors import EXIT_INTERNAL, EXIT_USER
 from ..io.schema import FEATURE_LABEL
 from .common import (
+    RUN_MANY_OPTIONS,
     RUN_OPTIONS,
     OutputFormat,
     err,
@@ -50,7 +51,7 @@ def run(
                  f"-> {result.path}")
 
 
-@shared_options(*RUN_OPTIONS)
+@shared_options(*RUN_MANY_OPTIONS)
 def run_many(
     models: list[str] = typer.Argument(..., help="Checkpoint directories (*.pt), checkpoints, or @FILE lists (one "
                                                  "checkpoint per line: a path relative to the list, or a gene "
@@ -61,7 +62,11 @@ def run_many(
     fmt: OutputFormat = typer.Option("h5", "--format", help="Output format of every gene."),
     **opts,
 ) -> None:
-    """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported."""
+    """Attributions for many genes: one output per checkpoint, finished genes skipped, failures reported.
+
+    With --summary, also the table `summarize --groupby` would give, accumulated while computing (with
+    --no-per-cell, the table alone).
+    """
     from ..pipeline.gene_groups import Outcome
     from ..pipeline.models import collect_checkpoints
     from ..pipeline.run_many import run_many as run_genes
@@ -77,7 +82,7 @@ def run_many(
                 err(f"[{i + 1}/{n}] {o.gene} {o.kind.status}{detail}")
 
         outcomes = run_genes(checkpoints, data, out_dir, plain(fmt), run_options(opts), report,
-                             resolve_shard(opts["shard"]))
+                             resolve_shard(opts["shard"]), on_note=lambda note: err(f"note: {note}"))
         counts = {s: sum(o.kind.status == s for o in outcomes) for s in ("done", "skipped", "busy", "failed")}
         if not quiet or counts["failed"]:
             busy = f", {counts['busy']} left to another run" if counts["busy"] else ""
@@ -89,15 +94,23 @@ def run_many(
 
 
 def merge(
-    shards: list[Path] = typer.Argument(..., help="Shard outputs (.h5/.h5ad) of one run, in any order."),
-    out: Path = typer.Option(..., "--out", "-o", help="Merged output: .h5, .hdf5 or .h5ad."),
+    shards: list[Path] = typer.Argument(..., help="Shard outputs (.h5/.h5ad) of one run, in any order; or the "
+                                                  "summaries (.tsv/.csv/.h5ad) of a sharded run-many --summary."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged output: .h5, .hdf5 or .h5ad (a summary: .tsv, .csv "
+                                                      "or .h5ad)."),
     overwrite: bool = option("overwrite"),
     quiet: bool = option("quiet"),
 ) -> None:
     """Join shard outputs after checking all are present, complete and from the same run."""
     from ..pipeline.merge import merge as merge_shards
+    from ..pipeline.summary_job import is_summary_file, merge_summaries
 
     with reported():
+        if shards and all(is_summary_file(s) for s in shards):
+            n = merge_summaries(shards, out, overwrite)
+            if not quiet:
+                err(f"merged {len(shards)} summary shards, {n} genes -> {out}")
+            return
         n = merge_shards(shards, out, overwrite)
         if not quiet:
             err(f"merged {len(shards)} shards, {n} cells -> {out}")

@@ -11,6 +11,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -21,10 +22,11 @@ from ..engines.base import METHODS, MODULE_MODES, TARGETS
 from ..engines.registry import ENGINES
 from ..errors import EXIT_INTERNAL, EXIT_USER, Terminated, UserError, first_line
 from ..io.schema import FORMAT_NAMES
+from ..io.storage import COMPRESSIONS, DTYPES
 from ..pipeline.options import RunOptions
 
 #: Library parameters whose flag is not ``--`` + the name with dashes.
-FLAGS = {"fmt": "--format", "out_dir": "--out-dir"}
+FLAGS = {"fmt": "--format", "out_dir": "--out-dir", "per_cell": "--no-per-cell"}
 
 
 def err(message: str) -> None:
@@ -92,6 +94,8 @@ Engine = choices("Engine", ENGINES)
 ModuleMode = choices("ModuleMode", MODULE_MODES)
 OutputFormat = choices("OutputFormat", FORMAT_NAMES)
 Target = choices("Target", TARGETS)
+Dtype = choices("Dtype", DTYPES)
+Compression = choices("Compression", COMPRESSIONS)
 
 
 def plain(value):
@@ -148,13 +152,29 @@ OPT = {
                                                show_envvar=True, show_default="up to 16384, sized to memory",
                                                help="Cells per saved chunk (what --resume keeps after a kill).")),
     "quiet": (bool, typer.Option(_D.quiet, "--quiet", "-q", help="No progress and no summary.")),
+    "dtype": (Dtype, typer.Option(_D.dtype, help="Type of the stored attributions: float16 halves the bytes "
+                                                 "(read back as float32).")),
+    "compression": (Compression, typer.Option(_D.compression, help="Compression of .h5/.hdf5/.h5ad outputs, "
+                                                                   "chunked by rows (not for .npy).")),
     "resume": (bool, typer.Option(_D.resume, "--resume", help="Continue an interrupted run from its last saved "
                                                              "chunk.")),
     "shard": (Optional[str], typer.Option(None, show_default="from SLURM_ARRAY_TASK_* in a job array, else none",
                                           help="K/N: compute contiguous part K (0-based) of N.")),
+    "summary": (Optional[Path], typer.Option(_D.summary, show_default="none",
+                                             help="Also write the table `summarize` would give (.tsv, .csv, "
+                                                  ".h5ad), accumulated while computing.")),
+    "groupby": (Optional[str], typer.Option(_D.groupby, show_default="one group of all cells",
+                                            help="obs column grouping the --summary (NaN values are left out).")),
+    "top": (Optional[int], typer.Option(_D.top, min=1, show_default="all, file order",
+                                        help="--summary keeps the N TFs (peaks) of largest mean per gene and group.")),
+    "per_cell": (bool, typer.Option(_D.per_cell, "--per-cell/--no-per-cell",
+                                    help="Write the per-cell files (--no-per-cell: the --summary alone).")),
 }
-#: What `run` and `run-many` both take.
-RUN_OPTIONS = tuple(OPT)
+#: What only `run-many` takes (the summary of many genes).
+RUN_MANY_ONLY = ("summary", "groupby", "top", "per_cell")
+#: What `run` takes; `run-many` takes every shared option.
+RUN_OPTIONS = tuple(k for k in OPT if k not in RUN_MANY_ONLY)
+RUN_MANY_OPTIONS = tuple(OPT)
 #: What the commands of predicted rates (`mutagenesis`, `variants`) take of them.
 JOB_OPTIONS = ("covariates", "idx", "where", "idx_type", "num_workers", "device", "threads", "overwrite",
                "rna_mod", "atac_mod", "hdf5_locking", "quiet", "resume")

@@ -154,11 +154,11 @@ class _Sheet:
     def text_width(self, s: str, size: float) -> float:
         from matplotlib.font_manager import FontProperties
 
-        w, _, _ = self.renderer.get_text_width_height_descent(s, FontProperties(size=size), ismath=False)
-        return w / self.fig.dpi
+        width, _, _ = self.renderer.get_text_width_height_descent(s, FontProperties(size=size), ismath=False)
+        return width / self.fig.dpi
 
     def _inches(self, box) -> tuple[float, float, float, float]:
-        dpi, (w, h) = self.fig.dpi, self.fig.get_size_inches()
+        dpi, (_, h) = self.fig.dpi, self.fig.get_size_inches()
         ox, oy = self._origin
         return (box.x0 / dpi - ox, h - box.y1 / dpi - oy, box.x1 / dpi - ox, h - box.y0 / dpi - oy)
 

@@ -71,7 +71,7 @@ class OpenBlockGrad(BlockWeights):
         super().__init__(block)
         if not self.use_exp2:
             raise ValueError("the open-token block needs the unshifted exp2 attention")
-        hd, nh, rows = self.head_dim, self.n_heads, self.rows
+        nh, rows = self.n_heads, self.rows
         self.x0 = x0
         h0 = layer_norm(x0, self.eps1)[0]
         self.t0 = torch.addmm(self.b_pack, h0, self.w_pack_t).view(-1, nh, rows).permute(1, 2, 0).contiguous()
@@ -130,7 +130,7 @@ class OpenBlockGrad(BlockWeights):
         do = self.out_proj_backward(dx1).view(n, nk, nh, hd, p).transpose(1, 2).reshape(m * nk, hd, p)
         dn_o = denominator_backward(do[..., :k], s.n_o, s.o[..., :k])  # [dN, dZ] (n H K, hd + 1, k)
         dn_c = denominator_backward(do[..., k:], s.n_c, s.o[..., k:])
-        t, t_t, tc = s.t, s.t_t, s.static.t
+        t_t, tc = s.t_t, s.static.t
         e_co = s.e_co.view(m * nk, k, pc)
         # open keys seen by the closed queries: dk and dv
         ds_co = torch.bmm(t_t[:, 2 * hd:].transpose(1, 2), dn_c).mul_(e_co)  # (n H K, k, P - k)

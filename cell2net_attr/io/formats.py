@@ -29,6 +29,7 @@ from .schema import (
     RunIdentity,
     identity_sidecar,
 )
+from .storage import Storage
 from .writers import Writer, check_output_path
 
 Rows = Iterator[tuple[int, np.ndarray, np.ndarray | None]]
@@ -51,9 +52,11 @@ class OutputFormat:
         return self.header is not None
 
     def open_writer(self, path: Path, obs_names, features: list[str], meta: dict, with_delta: bool,
-                    locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
-        """A writer for ``path`` (already checked by :func:`check_output`)."""
-        return self.writer(path, obs_names, features, meta, with_delta, locking, obs_table)
+                    locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None,
+                    storage: Storage = Storage()) -> Writer:
+        """A writer for ``path`` (already checked by :func:`check_output`), its values stored as ``storage``
+        says (type and compression)."""
+        return self.writer(path, obs_names, features, meta, with_delta, locking, obs_table, storage)
 
 
 FORMATS: dict[str, OutputFormat] = {
@@ -79,12 +82,15 @@ def format_of(path: str | Path) -> OutputFormat:
     return FORMATS[name]
 
 
-def check_output(path: Path, overwrite: bool, inputs: list[Path], delta: bool = False) -> OutputFormat:
-    """Validate an attribution output path before any work (it can store deltas when asked); its format."""
+def check_output(path: Path, overwrite: bool, inputs: list[Path], delta: bool = False,
+                 storage: Storage = Storage()) -> OutputFormat:
+    """Validate an attribution output path before any work (it can store deltas and ``storage``'s compression
+    when asked); its format."""
     fmt = format_of(path)
     check_output_path(path, overwrite, inputs)
     if delta and not fmt.has_names:
         raise UserError("--delta is stored only in HDF5 or AnnData output (.h5/.hdf5/.h5ad)", path)
+    storage.check(fmt.name, str(path))
     return fmt
 
 
@@ -109,7 +115,7 @@ def read_header(path: str | Path) -> Header:
 
 
 def read_matrix(header: Header) -> np.ndarray:
-    """The attribution matrix of the file ``header`` describes, as float32."""
+    """The attribution matrix of the file ``header`` describes, as float32 (whatever type it is stored in)."""
     try:
         with h5py.File(header.path, "r") as f:
             x = FORMATS[header.fmt].matrix(f)
@@ -119,7 +125,8 @@ def read_matrix(header: Header) -> np.ndarray:
 
 
 def iter_rows(header: Header, block: int = 65536) -> Rows:
-    """The file's ``(start, attributions, deltas)`` blocks of ``block`` rows, in order (bounded memory)."""
+    """The file's ``(start, attributions, deltas)`` blocks of ``block`` rows, in order (bounded memory), as
+    float32."""
     with h5py.File(header.path, "r") as f:
         yield from FORMATS[header.fmt].rows(f, header, block)
 

@@ -83,7 +83,7 @@ def rows_h5(f: h5py.File, header: Header, block: int) -> Iterator[tuple[int, np.
     delta = f[DELTA] if header.has_delta else None
     for a in range(0, header.n_rows, block):
         d = None if delta is None else np.asarray(delta[a : a + block], dtype=np.float32)
-        yield a, np.asarray(f[ATTRIBUTIONS][a : a + block]), d
+        yield a, np.asarray(f[ATTRIBUTIONS][a : a + block], dtype=np.float32), d
 
 
 def rows_h5ad(f: h5py.File, header: Header, block: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
@@ -91,7 +91,7 @@ def rows_h5ad(f: h5py.File, header: Header, block: int) -> Iterator[tuple[int, n
     delta = read_elem(f["obs"][DELTA]) if header.has_delta else None
     for a in range(0, header.n_rows, block):
         d = None if delta is None else np.asarray(delta[a : a + block], dtype=np.float32)
-        yield a, np.asarray(f["X"][a : a + block]), d
+        yield a, np.asarray(f["X"][a : a + block], dtype=np.float32), d
 
 
 def obs_h5ad(f: h5py.File) -> pd.DataFrame:

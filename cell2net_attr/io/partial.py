@@ -10,6 +10,11 @@ file is then assembled chunk by chunk by the ordinary writers and renamed into p
 
 :class:`KeyedParts` keeps the finished parts of an output that is not made of rows (a mutagenesis job's
 peaks) the same way, one checksummed file per part; both share :class:`PartialDir`.
+
+A job that also accumulates something over its rows (a summary's group sums) hands a :class:`ChunkSide`:
+what it gathered over a chunk's rows is saved in that chunk (``side_<name>`` arrays), and a resumed run hands
+back every kept chunk's. A job that keeps no rows (``keep_rows=False``: a summary without per-cell files)
+saves chunks of side arrays alone.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -101,29 +107,51 @@ class PartialDir:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+SIDE = "side_"  # prefix of the side arrays in a chunk file
+
+
+class ChunkSide(Protocol):
+    """What a job gathers over its rows besides the rows themselves, saved with each chunk."""
+
+    def take(self) -> dict[str, np.ndarray]:
+        """What was gathered over the rows since the last call (they are being saved as one chunk)."""
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """What a saved chunk holds, handed back by a resumed run (once per kept chunk, in row order)."""
+
+
 class PartialRun(PartialDir):
     """Chunks of finished rows for one output, resumable across processes."""
 
     def __init__(self, out: Path, identity: dict, resume: bool, warn: Callable[[str], None],
-                 chunk_rows: int | None = None, chunk_seconds: float = 10.0) -> None:
+                 chunk_rows: int | None = None, chunk_seconds: float = 10.0, side: ChunkSide | None = None,
+                 keep_rows: bool = True) -> None:
         super().__init__(out, identity, resume, warn)
+        self.side, self.keep_rows = side, keep_rows
         # a chunk is saved every chunk_rows rows or chunk_seconds, whichever comes first
         self.chunk_rows = chunk_rows or 16384
         self.chunk_seconds = chunk_seconds
-        self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+        self._buf: list[tuple[int, np.ndarray, np.ndarray | None]] = []  # without keep_rows: (start, n, None)
         self._last = time.monotonic()
         self.rows_done = self._adopt() if self.resumed else 0
 
     def _adopt(self) -> int:
         """Rows already done by an earlier run with the same identity (its contiguous valid chunks)."""
-        done = 0
+        done, sides = 0, []
         for start, stop, path in self._chunk_files():
             if start != done:
                 break
-            if checksum(path.read_bytes()) != _CHUNK.match(path.name).group(3):
+            data = path.read_bytes()
+            if checksum(data) != _CHUNK.match(path.name).group(3):
                 self._warn(f"{path} is damaged (its checksum does not match); recomputing from cell {start}")
                 break
+            if self.side is not None:
+                with np.load(io.BytesIO(data)) as z:
+                    sides.append({k[len(SIDE):]: z[k] for k in z.files if k.startswith(SIDE)})
             done = stop
+        for arrays in sides:  # only once the prefix is known good
+            if arrays:
+                self.side.restore(arrays)
         for start, _, path in self._chunk_files():  # keep only the contiguous prefix
             if start >= done:
                 path.unlink(missing_ok=True)
@@ -140,22 +168,27 @@ class PartialRun(PartialDir):
 
     def add(self, start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
         """Buffer finished rows ``start..start+len(attr)``; saves a chunk when it is big or old."""
-        self._buf.append((start, attr, delta))
-        rows = sum(len(a) for _, a, _ in self._buf)
-        if rows >= self.chunk_rows or time.monotonic() - self._last >= self.chunk_seconds:
+        self._buf.append((start, attr, delta) if self.keep_rows else (start, len(attr), None))
+        if self._buffered_rows() >= self.chunk_rows or time.monotonic() - self._last >= self.chunk_seconds:
             self.flush()
 
+    def _buffered_rows(self) -> int:
+        return sum(len(a) if self.keep_rows else a for _, a, _ in self._buf)
+
     def flush(self) -> None:
-        """Save buffered rows as one chunk file (atomically)."""
+        """Save buffered rows (and the side's arrays) as one chunk file (atomically)."""
         if not self._buf:
             return
-        start, attr, delta = self._buffered()
-        stop = start + len(attr)
+        start = self._buf[0][0]
+        stop = start + self._buffered_rows()
+        arrays = {}
+        if self.keep_rows:
+            _, attr, delta = self._buffered()
+            arrays = {"attr": attr} if delta is None else {"attr": attr, "delta": delta}
+        if self.side is not None:
+            arrays.update({SIDE + k: v for k, v in self.side.take().items()})
         buf = io.BytesIO()
-        if delta is not None:
-            np.savez(buf, attr=attr, delta=delta)
-        else:
-            np.savez(buf, attr=attr)
+        np.savez(buf, **arrays)
         data = buf.getvalue()
         self.save_file(f"chunk-{start:012d}-{stop:012d}-{checksum(data)}.npz", data)  # the name carries it
         self.rows_done = stop
@@ -165,7 +198,10 @@ class PartialRun(PartialDir):
     def chunks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """Saved chunks in row order, one at a time (memory stays one chunk), then the rows still in
         memory: the output takes them directly, as saving them first would only be read back. They stay
-        buffered until :meth:`discard`, so an interrupt while the output is written still saves them."""
+        buffered until :meth:`discard`, so an interrupt while the output is written still saves them.
+        Nothing without ``keep_rows``."""
+        if not self.keep_rows:
+            return
         for start, _, path in self._chunk_files():
             with np.load(path) as z:
                 yield start, z["attr"], z["delta"] if "delta" in z.files else None

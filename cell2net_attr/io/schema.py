@@ -2,7 +2,8 @@
 
 One home for what `run` writes, `--resume` compares, `merge` checks and the readers expect:
 
-* HDF5 (``.h5``/``.hdf5``): datasets :data:`ATTRIBUTIONS` (cells x features, float32),
+* HDF5 (``.h5``/``.hdf5``): datasets :data:`ATTRIBUTIONS` (cells x features, float32 or float16, optionally
+  compressed: :mod:`.storage`),
   :data:`OBS_NAMES`, the feature names (:data:`FEATURE_NAMES` of the target), optionally
   :data:`DELTA`; the run's identity, provenance and shard place as root attributes, with
   ``encoding-type`` :data:`ENCODING_TYPE` and ``encoding-version`` :data:`ENCODING_VERSION`.
@@ -18,7 +19,7 @@ its saved chunks, or the shards of one run belong together only when their ident
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,11 @@ class _Identity:
         return IDENTITY_LABELS.get(key, key), _shown(getattr(self, key)), _shown(getattr(other, key))
 
     @classmethod
-    def _typed(cls, values: dict[str, Any], source: str | Path, optional: tuple[str, ...] = ()):
-        """An identity from stored values, each converted to its field's type; a missing field is an error."""
-        missing = [f.name for f in fields(cls) if f.name not in values and f.name not in optional]  # type: ignore
+    def _typed(cls, values: dict[str, Any], source: str | Path):
+        """An identity from stored values, each converted to its field's type; a missing field without a
+        default (one added after the first outputs were written) is an error."""
+        missing = [f.name for f in fields(cls)  # type: ignore[arg-type]
+                   if f.name not in values and f.default is MISSING]
         if missing:
             raise UserError(f"not a cell2net-attr output (lacks {', '.join(missing[:3])})", source)
         convert = {"int": int, "bool": bool, "str": str}
@@ -114,6 +117,8 @@ class RunIdentity(_Identity):
     n_rows_total: int
     shard_count: int
     baseline: str = "zero"
+    dtype: str = "float32"  # outputs written before --dtype and --compression are float32, uncompressed
+    compression: str = "none"
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], source: str | Path, has_delta: bool = False,
@@ -127,7 +132,7 @@ class RunIdentity(_Identity):
         values.setdefault("target", "tfs")
         values.setdefault("delta", has_delta)
         values.setdefault("format", fmt)
-        return cls._typed(values, source, optional=("baseline",))
+        return cls._typed(values, source)
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,8 @@ def canonical_options(options: dict[str, Any]) -> str:
 #: How a run-identity field is named in messages, where its bare name would not say what differs.
 IDENTITY_LABELS = {"checkpoint_sha256": "checkpoint (sha256)", "data_sha256": "data file (sha256)",
                    "selection_sha256": "selected cells (sha256 of their names)", "n_rows_total": "number of cells",
-                   "covariates": "covariates", "shard_count": "number of shards"}
+                   "covariates": "covariates", "shard_count": "number of shards", "dtype": "value type (--dtype)",
+                   "compression": "compression (--compression)"}
 
 
 def _shown(value: Any) -> str:

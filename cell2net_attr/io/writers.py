@@ -34,6 +34,7 @@ from .schema import (
     VAR_INDEX_NAME,
     identity_sidecar,
 )
+from .storage import Storage
 
 NAME_BLOCK = 65536  # cell names written per block
 
@@ -127,15 +128,16 @@ class TempFileWriter:
 
 
 class NpyWriter(TempFileWriter):
-    """float32 cells x features ``.npy`` through a memory map. The array cannot carry the run's identity,
-    so it goes to a hidden sidecar (:func:`~cell2net_attr.io.schema.identity_sidecar`), written first at
-    commit: a rerun can then tell which run an existing ``.npy`` is from."""
+    """float32 (or float16) cells x features ``.npy`` through a memory map. The array cannot carry the run's
+    identity, so it goes to a hidden sidecar (:func:`~cell2net_attr.io.schema.identity_sidecar`), written
+    first at commit: a rerun can then tell which run an existing ``.npy`` is from."""
 
-    def __init__(self, path: Path, n_rows: int, n_cols: int, meta: dict | None = None) -> None:
+    def __init__(self, path: Path, n_rows: int, n_cols: int, meta: dict | None = None,
+                 dtype: np.dtype = np.dtype(np.float32)) -> None:
         super().__init__(path)
         self._meta = meta
         with io_errors(path, self.abort):
-            self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(n_rows, n_cols))
+            self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(n_rows, n_cols))
             _reserve(self.tmp)
 
     def commit(self) -> None:
@@ -176,17 +178,18 @@ def _reserve(path: Path) -> None:
 
 class H5Writer(TempFileWriter):
     """HDF5 with ``attributions`` (cells x features), ``obs_names``, the feature names (TFs or peaks),
-    optional ``convergence_delta``, and the metadata as attributes."""
+    optional ``convergence_delta``, and the metadata as attributes. The attributions have the type and
+    compression of ``storage``, chunked by rows as written."""
 
     def __init__(self, path: Path, obs_names: Sequence[str], features: list[str], meta: dict,
-                 with_delta: bool, locking: bool | None = None) -> None:
+                 with_delta: bool, locking: bool | None = None, storage: Storage = Storage()) -> None:
         super().__init__(path)
         n, t = len(obs_names), len(features)
         with io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
             chunk_rows = max(1, min(n, 4096))
             self._attr = self._f.create_dataset(ATTRIBUTIONS, shape=(n, t), maxshape=(None, t),
-                                                dtype="f4", chunks=(chunk_rows, t))
+                                                chunks=(chunk_rows, t), **storage.dataset_options())
             string = h5py.string_dtype()
             names = self._f.create_dataset(OBS_NAMES, shape=(n,), dtype=string)
             for a in range(0, n, NAME_BLOCK):  # in blocks: the names need not all be in memory
@@ -220,9 +223,10 @@ class AnnDataFile(TempFileWriter):
         self._f = h5py.File(self.tmp, "w", locking=locking)
         self._f.attrs.update(ANNDATA_ENCODING)
 
-    def _matrix(self, group, name: str, n: int, t: int):
-        """A dense float32 (n, t) array chunked by rows, with anndata's encoding."""
-        ds = group.create_dataset(name, shape=(n, t), dtype="f4", chunks=(max(1, min(n, 4096)), t) if t else None)
+    def _matrix(self, group, name: str, n: int, t: int, storage: Storage = Storage()):
+        """A dense (n, t) array chunked by rows, with anndata's encoding, stored as ``storage`` says."""
+        ds = group.create_dataset(name, shape=(n, t), chunks=(max(1, min(n, 4096)), t) if t else None,
+                                  **storage.dataset_options())
         ds.attrs.update(ARRAY_ENCODING)
         return ds
 
@@ -246,16 +250,17 @@ class AnnDataFile(TempFileWriter):
 class H5adWriter(AnnDataFile):
     """AnnData ``.h5ad``: ``X`` cells x features (filled block by block), ``obs`` of the selected cells,
     ``var`` indexed by the feature names, the run's parameters and provenance in ``uns["cell2net_attr"]``;
-    the convergence delta, when asked, is ``obs["convergence_delta"]``."""
+    the convergence delta, when asked, is ``obs["convergence_delta"]``. ``X`` has the type and compression
+    of ``storage``."""
 
     def __init__(self, path: Path, obs: pd.DataFrame, features: list[str], meta: dict, with_delta: bool,
-                 locking: bool | None = None) -> None:
+                 locking: bool | None = None, storage: Storage = Storage()) -> None:
         super().__init__(path)
         n, t = len(obs), len(features)
         self._delta = np.zeros(n, dtype=np.float32) if with_delta else None
         with io_errors(path, self.abort):
             self._open(obs, locking)
-            self._x = self._matrix(self._f, "X", n, t)
+            self._x = self._matrix(self._f, "X", n, t, storage)
             label = VAR_INDEX_NAME[meta.get("target", "tfs")]
             write_elem(self._f, "var", pd.DataFrame(index=pd.Index(features, name=label)))
             write_elem(self._f, "uns", {UNS_KEY: {k: plain_value(v) for k, v in meta.items()}})
@@ -282,35 +287,39 @@ def plain_value(value):
 
 
 def open_npy(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
-             locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
+             locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None,
+             storage: Storage = Storage()) -> Writer:
     """A ``.npy`` writer (the matrix alone; the identity in its sidecar)."""
     n, t = len(obs_names), len(features)
-    check_space(path, n * t * 4 + 4096)
-    return NpyWriter(path, n, t, meta)
+    storage.check("npy", str(path))
+    check_space(path, n * t * storage.itemsize + 4096)
+    return NpyWriter(path, n, t, meta, storage.numpy_dtype)
 
 
 def open_h5(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
-            locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
-    """An HDF5 writer, after checking that the disk can hold the output."""
+            locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None,
+            storage: Storage = Storage()) -> Writer:
+    """An HDF5 writer, after checking that the disk can hold the output (uncompressed: the most it takes)."""
     n, t = len(obs_names), len(features)
     chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
     rows = -(-n // chunk) * chunk
     sample = obs_names[0:1000]  # name sizes estimated from a sample
     names = sum(len(str(s).encode()) + 16 for s in sample) * n // max(len(sample), 1)
     names += sum(len(str(s).encode()) + 16 for s in features)
-    check_space(path, rows * t * 4 + (rows * 4 if with_delta else 0) + names + (32 << 10))
-    return H5Writer(path, obs_names, features, meta, with_delta, locking)
+    check_space(path, rows * t * storage.itemsize + (rows * 4 if with_delta else 0) + names + (32 << 10))
+    return H5Writer(path, obs_names, features, meta, with_delta, locking, storage)
 
 
 def open_h5ad(path: Path, obs_names: Sequence[str], features: list[str], meta: dict, with_delta: bool,
-              locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None) -> Writer:
+              locking: bool | None = None, obs_table: Callable[[], pd.DataFrame] | None = None,
+              storage: Storage = Storage()) -> Writer:
     """An AnnData writer; ``obs_table`` supplies the selected cells' obs (their names alone without it)."""
     n, t = len(obs_names), len(features)
     index = pd.Index([str(o) for o in obs_names[0:n]])  # AnnData obs is whole anyway
     obs = obs_table() if obs_table is not None else pd.DataFrame(index=index)
     obs.index = index
-    check_space(path, n * t * 4 + n * (8 * obs.shape[1] + 48) + (64 << 10))
-    return H5adWriter(path, obs, features, meta, with_delta, locking)
+    check_space(path, n * t * storage.itemsize + n * (8 * obs.shape[1] + 48) + (64 << 10))
+    return H5adWriter(path, obs, features, meta, with_delta, locking, storage)
 
 
 def check_space(path: Path, needed: int) -> None:

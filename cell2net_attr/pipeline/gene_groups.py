@@ -118,18 +118,21 @@ def recorded(report: Path, n_genes: int,
 
 
 def run_gene_group(group: list[Path], output_of: Callable[[Path], Path], open_gene: Callable, record: Record,
-                   num_workers: int, progress: Progress | None) -> None:
+                   num_workers: int, progress: Progress | None, claim: bool = True,
+                   before_finish: Callable | None = None) -> None:
     """Open, compute together (each block of rows read once) and write the genes of ``group``.
 
-    ``open_gene(checkpoint, out)`` returns the gene's job, or None when its output already holds this run; a
-    job has ``gene``, ``path`` (its output) and what the driver and the lifecycle need.
+    ``open_gene(checkpoint, out)`` returns the gene's job, or None when what it writes already holds this run;
+    a job has ``gene`` and what the driver and the lifecycle need. Each gene's output is claimed first, unless
+    ``claim`` is False (an output shared by the genes, which its owner claims). ``before_finish(job)`` runs
+    before a computed gene's output is written.
     """
     with Lifecycle() as life:
-        jobs = []
+        jobs, outputs = [], {}
         for ck in group:
             t0 = time.monotonic()
             out = output_of(ck)
-            holder = life.claim(out)
+            holder = life.claim(out) if claim else None
             if holder is not None:
                 record(GeneOutcome(ck.stem, ck, Outcome.BUSY, out, 0.0, f"another run is computing it ({holder})"))
                 continue
@@ -142,16 +145,20 @@ def run_gene_group(group: list[Path], output_of: Callable[[Path], Path], open_ge
                 record(GeneOutcome(ck.stem, ck, Outcome.SKIPPED, out))
                 continue
             job.checkpoint, job.seconds = ck, time.monotonic() - t0
+            outputs[id(job)] = out
             jobs.append(life.add(job))
         compute(jobs, num_workers, progress, on_failure=life.fail)
         for job in jobs:
+            out = outputs[id(job)]
             if job.failed is None:
                 try:
+                    if before_finish is not None:
+                        before_finish(job)
                     life.finish(job)
                 except Exception as exc:  # noqa: BLE001
                     life.fail(job, exc)
-            record(GeneOutcome.failure(job.gene, job.checkpoint, job.path, job.failed, job.seconds)
-                   if job.failed is not None else GeneOutcome(job.gene, job.checkpoint, Outcome.DONE, job.path,
+            record(GeneOutcome.failure(job.gene, job.checkpoint, out, job.failed, job.seconds)
+                   if job.failed is not None else GeneOutcome(job.gene, job.checkpoint, Outcome.DONE, out,
                                                              job.seconds))
 
 

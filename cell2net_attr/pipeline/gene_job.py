@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from ..errors import UserError
 from ..io.formats import OutputFormat
 from ..io.partial import PartialRun
 from ..io.schema import RunIdentity, output_attrs
+from ..io.storage import Storage
 from .binding import AttributionModel, engine_feed
 from .stream import Blocks, EngineFeed
 
@@ -93,6 +95,7 @@ class JobSpec:
     hdf5_locking: bool | None = None
     group_size: int = 1  # genes computed together: their unsaved rows share BUFFER_BYTES
     chunk_rows: int | None = None  # rows per saved chunk (--chunk-rows); None = sized to the buffer
+    storage: Storage = Storage()  # how the per-cell values are stored (--dtype, --compression)
 
     @property
     def rows(self) -> np.ndarray:
@@ -108,7 +111,7 @@ class JobSpec:
             seed=-1 if params.seed is None else params.seed, delta=params.return_delta, format=fmt,
             covariates=",".join(covariates), checkpoint_sha256=checkpoint_sha256, data_sha256=self.data_sha256,
             selection_sha256=self.selection.digest, n_rows_total=len(self.selection.rows),
-            shard_count=self.shard_count)
+            shard_count=self.shard_count, dtype=self.storage.dtype, compression=self.storage.compression)
 
 
 class MemoryRows:
@@ -154,6 +157,7 @@ class GeneJob:
     failed: BaseException | None = None
     seconds: float = 0.0
     done_before: int = field(default=0)
+    moments: object | None = None  # the group sums a summary accumulates (summary_job.GeneMoments)
 
     @property
     def gene(self) -> str:
@@ -183,15 +187,23 @@ class GeneJob:
         self.feed.feed(start, batch)
         self.seconds += time.monotonic() - t0
 
+    @property
+    def resumable(self) -> bool:
+        """Whether its finished rows are saved in chunks (a file output, or a summary's sums)."""
+        return isinstance(self.sink, PartialRun)
+
     def write_output(self) -> None:
-        """Assemble the output from the saved chunks and the rows still in memory and rename it into place."""
+        """Assemble the output from the saved chunks and the rows still in memory and rename it into place
+        (without a per-cell output, only remove the chunks: a summary has taken their sums)."""
         if self.output is None:
+            self.sink.discard()
             return
         t0 = time.monotonic()
         rows, data = self.spec.rows, self.model.data
         writer = self.output.fmt.open_writer(
             self.output.path, SelectedNames(data.names, rows), self.model.features(self.spec.params.target),
-            self.output.attrs, self.spec.params.return_delta, self.spec.hdf5_locking, lambda: data.obs_table(rows))
+            self.output.attrs, self.spec.params.return_delta, self.spec.hdf5_locking, lambda: data.obs_table(rows),
+            self.spec.storage)
         try:
             for start, attr, delta in self.sink.chunks():
                 writer.write(start, attr, delta)
@@ -218,24 +230,49 @@ class GeneJob:
 
 
 def open_job(model: AttributionModel, spec: JobSpec, out: tuple[Path, OutputFormat] | None = None,
-             checkpoint: Path | None = None, data: Path | None = None) -> GeneJob:
+             checkpoint: Path | None = None, data: Path | None = None, moments=None,
+             state: Path | None = None) -> GeneJob:
     """A gene's job: its engine and, for an output file ``out`` (path and format), its identity, attributes and
-    resumable chunks; without ``out``, its rows are kept in memory."""
+    resumable chunks; without ``out``, its rows are kept in memory.
+
+    ``moments`` (a :class:`~cell2net_attr.pipeline.summary_job.GeneMoments`) also gathers the rows' group sums,
+    saved with each chunk. Without ``out`` but with a ``state`` path, no rows are kept: only the sums, in
+    resumable chunks there (a summary without per-cell files).
+    """
     params = spec.params
     n_features = len(model.features(params.target))
     feed = engine_feed(model, spec.engine, params, spec.blocks.compute)  # before any file is made
-    if out is None:
+    if out is None and state is None:
         sink = MemoryRows(len(spec.rows), n_features, params.return_delta)
         feed.sink = sink.add
         return GeneJob(model, spec, feed, sink)
-    path, fmt = out
+    path, fmt = out if out is not None else (state, None)
     identity = spec.identity(model.gene, model.covariates, model.checkpoint.sha256 if model.checkpoint else "",
-                             fmt.name)
+                             fmt.name if fmt is not None else "summary")
     provenance = {"device": str(model.device), "tool": "cell2net-attr", "tool_version": __version__,
                   "checkpoint": str(checkpoint), "data": str(data), "data_layout": model.data.layout}
     attrs = output_attrs(identity, spec.shard_index, spec.row_start, provenance)
     place = {**identity.attrs(), "shard_index": spec.shard_index, "row_start": spec.row_start}
-    chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (4 * max(1, n_features) * spec.group_size)))
-    partial = PartialRun(path, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows)
-    feed.sink = partial.add
-    return GeneJob(model, spec, feed, partial, Output(path, fmt, attrs), checkpoint, done_before=partial.rows_done)
+    if moments is not None:
+        place["summary"] = moments.key
+    item = spec.storage.itemsize
+    chunk_rows = spec.chunk_rows or max(256, min(16384, BUFFER_BYTES // (item * max(1, n_features) * spec.group_size)))
+    partial = PartialRun(path, place, spec.resume, lambda msg: warnings.warn(msg, stacklevel=2), chunk_rows,
+                         side=moments, keep_rows=out is not None)
+    feed.sink = _stored(partial, moments, spec.storage)
+    output = Output(path, fmt, attrs) if out is not None else None
+    return GeneJob(model, spec, feed, partial, output, checkpoint, done_before=partial.rows_done, moments=moments)
+
+
+def _stored(partial: PartialRun, moments, storage: Storage) -> Callable[[int, np.ndarray, np.ndarray | None], None]:
+    """The sink of a file job: each block's rows as they are stored (rounded to ``--dtype``), into the group
+    sums when there are (so the summary is that of the stored values), then into the chunks."""
+    if moments is None and storage.dtype == "float32":
+        return partial.add
+
+    def sink(start: int, attr: np.ndarray, delta: np.ndarray | None) -> None:
+        attr = storage.cast(attr)
+        if moments is not None:
+            moments.add(start, attr)
+        partial.add(start, attr, delta)
+    return sink

@@ -119,7 +119,7 @@ class Lifecycle:
 
     def _save(self) -> str | None:
         """Save every live job's finished rows; the hint for the user (None when nothing is resumable)."""
-        saved = [(job, job.save()) for job in self.live if job.output is not None]
+        saved = [(job, job.save()) for job in self.live if job.resumable]
         if not saved:
             return None
         if len(saved) == 1:

@@ -12,6 +12,7 @@ from ..errors import UserError
 from ..io.formats import check_output, format_of, iter_rows, read_header, read_obs
 from ..io.layouts import Header
 from ..io.schema import NPY_CANNOT_MERGE, PROVENANCE, RunIdentity, output_attrs
+from ..io.storage import Storage
 
 BLOCK = 65536  # rows copied at a time
 
@@ -98,11 +99,12 @@ def merge(paths: list[Path], out: Path, overwrite: bool = False) -> int:
     ordered = check_shards([read_shard(Path(p)) for p in paths])
     first = ordered[0]
     identity = first.identity
+    storage = Storage(identity.dtype, identity.compression)  # the merged file stores what the shards did
     provenance = {k: v for k, v in first.header.attrs.items() if k in PROVENANCE}
     meta = output_attrs(replace(identity, format=fmt.name), 0, 0, {**provenance, "merged_from": len(ordered)})
     obs = [name for s in ordered for name in s.obs]
     writer = fmt.open_writer(out, obs, first.header.features, meta, identity.delta, None,
-                             lambda: _obs_table(ordered, obs))
+                             lambda: _obs_table(ordered, obs), storage)
     try:
         for s in ordered:
             for start, attr, delta in iter_rows(s.header, BLOCK):

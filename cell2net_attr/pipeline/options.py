@@ -11,6 +11,7 @@ from typing import Any
 from ..engines.base import IGParams
 from ..engines.registry import EngineInfo, check_engine
 from ..errors import UserError
+from ..io.storage import Storage
 
 _IG = IGParams()  # the integration parameters' defaults are IGParams' own
 
@@ -64,6 +65,13 @@ class RunOptions(JobOptions):
     seed: int | None = _IG.seed
     delta: bool = _IG.return_delta
     chunk_rows: int | None = None
+    dtype: str = Storage.dtype  # of the per-cell values (float32, float16)
+    compression: str = Storage.compression  # of .h5/.h5ad per-cell files (none, gzip, lzf)
+    # run-many only: the group table accumulated while computing (see pipeline.summary_job)
+    summary: Path | None = None
+    groupby: str | None = None
+    top: int | None = None
+    per_cell: bool = True
 
     def params(self) -> IGParams:
         """The attribution parameters (checked when made)."""
@@ -76,7 +84,28 @@ class RunOptions(JobOptions):
         info = check_engine(self.engine, params)
         batch_size = self.batch_size if self.batch_size is not None else info.default_batch
         check_batching(batch_size, self.num_workers)
+        self.check_products()
         return params, info, batch_size
+
+    def storage(self) -> Storage:
+        """How the per-cell values are stored (checked when made)."""
+        return Storage(self.dtype, self.compression)
+
+    def check_products(self) -> None:
+        """The outputs' options make sense together (``--groupby``, ``--top`` and ``--no-per-cell`` need
+        ``--summary``; ``--dtype`` and ``--compression`` need per-cell files)."""
+        storage = self.storage()
+        if self.summary is None:
+            for name in ("groupby", "top"):
+                if getattr(self, name) is not None:
+                    raise UserError("needs --summary PATH (the table it makes)", param=name)
+            if not self.per_cell:
+                raise UserError("writes nothing without --summary PATH (the table to make instead)", param="per_cell")
+        if self.top is not None and (isinstance(self.top, bool) or self.top < 1):
+            raise UserError(f"must be a positive number, got {self.top}", param="top")
+        if not self.per_cell and storage != Storage():
+            name = "dtype" if storage.dtype != Storage.dtype else "compression"
+            raise UserError("is for the per-cell files, which --no-per-cell does not write", param=name)
 
 
 def check_batching(batch_size: int, num_workers: int) -> None:

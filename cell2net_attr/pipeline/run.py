@@ -54,7 +54,7 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
         if not format_of(out).has_names:  # refused before any work: merge could not join them
             raise UserError(NPY_CANNOT_MERGE, out)
         out = shard.path(out)
-    fmt = check_output(out, opts.overwrite, [checkpoint, data], opts.delta)
+    fmt = check_output(out, opts.overwrite, [checkpoint, data], opts.delta, opts.storage())
     tokens = read_tokens(opts.idx) if opts.idx is not None else None
     with Lifecycle() as life:
         life.claim_or_fail(out)  # one writer per output: a second run stops here, touching nothing
@@ -66,7 +66,8 @@ def run_one(checkpoint: Path, data: Path, opts: RunOptions, progress: Progress |
             selection = Selection.resolve(index, tokens, opts.idx_type, opts.where)
             start, stop = shard.bounds(len(selection.rows))
             spec = JobSpec(params, opts.engine, Blocks.choose(info, batch_size), selection, start, stop, shard.index,
-                           shard.count, index.sha256, opts.resume, opts.hdf5_locking, chunk_rows=opts.chunk_rows)
+                           shard.count, index.sha256, opts.resume, opts.hdf5_locking, chunk_rows=opts.chunk_rows,
+                           storage=opts.storage())
             job = life.add(open_job(model, spec, (out, fmt), checkpoint, data))
             compute([job], opts.num_workers, progress or make_progress(opts.quiet))
             life.finish(job)

@@ -32,8 +32,10 @@ class Shard:
         return f"-{self.index:05d}-of-{self.count:05d}"
 
     def path(self, path: Path) -> Path:
-        """``dir/stem.h5`` -> ``dir/stem-0000K-of-0000N.h5``."""
-        return path.with_name(f"{path.stem}{self.suffix}{path.suffix}")
+        """``dir/stem.h5`` -> ``dir/stem-0000K-of-0000N.h5`` (``stem.tsv.gz`` -> ``stem-0000K-of-0000N.tsv.gz``)."""
+        path = Path(path)
+        suffix = "".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" and len(path.suffixes) > 1 else path.suffix
+        return path.with_name(f"{path.name[: len(path.name) - len(suffix)]}{self.suffix}{suffix}")
 
 
 def parse_shard(text: str) -> Shard:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_atlas import LAYOUT, build  # noqa: E402
+from bench_atlas import LAYOUT, SHAPES, build  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -67,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     root = args.dir / f"{args.cells}x{args.genes}-{LAYOUT}"
     if args.build_only:
-        build(root, args.cells, args.genes)
+        build(root, replace(SHAPES["wide"], cells=args.cells, genes=args.genes))
         return
     subprocess.run([sys.executable, __file__, "--build-only", "--cells", str(args.cells), "--genes", str(args.genes),
                     "--dir", str(args.dir)], check=True)  # in a child: its memory is not lent to the runs

@@ -15,14 +15,11 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_atlas import LAYOUT, SHAPES, build  # noqa: E402
-from dataclasses import replace  # noqa: E402
+from bench_storage import command, wide_atlas, written_bytes  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -33,25 +30,6 @@ CONFIGS = {
 }
 
 
-def command(*args: str) -> tuple[float, float, float, str]:
-    """Wall seconds, CPU seconds, peak RSS (bytes) and stdout of `cell2net-attr ARGS` in its own process."""
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cell2net_attr", *args], env=env, cwd=HERE,
-                            stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: cell2net-attr {' '.join(args)}")
-    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024.0, out
-
-
-def written_bytes(out: Path) -> int:
-    """Bytes of the job's products (the report and hidden sidecars left out)."""
-    return sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.startswith(("run-report", ".")))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=20_000)
@@ -59,13 +37,10 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/c2n-storage"))
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    root = args.dir / f"{args.cells}x{args.genes}-{LAYOUT}"
-    if args.build_only:
-        build(root, replace(SHAPES["wide"], cells=args.cells, genes=args.genes))
+    built = wide_atlas(args, __file__)
+    if built is None:
         return
-    subprocess.run([sys.executable, __file__, "--build-only", "--cells", str(args.cells), "--genes", str(args.genes),
-                    "--dir", str(args.dir)], check=True)
-    data, models = root / "atlas.h5mu", root / "models"
+    data, models = built
     common = [str(models), str(data), "--covariates", "cov0,cov1", "--device", "cpu", "--quiet"]
     rows, worst = [], 1.0
     for name, extra in CONFIGS.items():

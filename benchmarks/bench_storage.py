@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_atlas import LAYOUT, SHAPES, build  # noqa: E402
 from dataclasses import replace  # noqa: E402
+
+from bench_atlas import LAYOUT, SHAPES, build  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -41,21 +42,35 @@ VARIANTS = {
 }
 
 
-def command(*args: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of `cell2net-attr ARGS` in its own process."""
+def command(*args: str) -> tuple[float, float, float, str]:
+    """Wall seconds, CPU seconds, peak RSS (bytes) and stdout of `cell2net-attr ARGS` in its own process."""
     env = {**os.environ, "PYTHONPATH": str(HERE)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cell2net_attr", *args], env=env, cwd=HERE)
+    proc = subprocess.Popen([sys.executable, "-m", "cell2net_attr", *args], env=env, cwd=HERE,
+                            stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"failed: cell2net-attr {' '.join(args)}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024.0, out
 
 
 def written_bytes(out: Path) -> int:
     """Bytes of the job's products in ``out`` (the report and hidden sidecars left out)."""
     return sum(p.stat().st_size for p in out.iterdir() if p.is_file() and not p.name.startswith(("run-report", ".")))
+
+
+def wide_atlas(args, script: str) -> tuple[Path, Path] | None:
+    """The wide atlas of ``args.cells`` x ``args.genes`` under ``args.dir``, built by a child process of
+    ``script`` (its memory is not lent to the runs); None in that child (``--build-only``)."""
+    root = args.dir / f"{args.cells}x{args.genes}-{LAYOUT}"
+    if args.build_only:
+        build(root, replace(SHAPES["wide"], cells=args.cells, genes=args.genes))
+        return None
+    subprocess.run([sys.executable, script, "--build-only", "--cells", str(args.cells), "--genes", str(args.genes),
+                    "--dir", str(args.dir)], check=True)
+    return root / "atlas.h5mu", root / "models"
 
 
 def main() -> None:
@@ -66,26 +81,23 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/c2n-storage"))
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    root = args.dir / f"{args.cells}x{args.genes}-{LAYOUT}"
-    if args.build_only:
-        build(root, replace(SHAPES["wide"], cells=args.cells, genes=args.genes))
+    built = wide_atlas(args, __file__)
+    if built is None:
         return
-    subprocess.run([sys.executable, __file__, "--build-only", "--cells", str(args.cells), "--genes", str(args.genes),
-                    "--dir", str(args.dir)], check=True)  # in a child: its memory is not lent to the runs
-    data, models = root / "atlas.h5mu", root / "models"
+    data, models = built
     results: dict[str, dict] = {name: {"seconds": [], "rss": 0.0} for name in VARIANTS}
     for _ in range(args.rounds):
         for name, extra in VARIANTS.items():
             out = args.dir / ("out-" + name.replace(" ", "").replace("+", "-"))
             shutil.rmtree(out, ignore_errors=True)
-            seconds, rss = command("run-many", str(models), str(data), "--out-dir", str(out), "--covariates",
-                                   "cov0,cov1", "--device", "cpu", "--quiet", *[e.format(out=out) for e in extra])
+            seconds, _, rss, _ = command("run-many", str(models), str(data), "--out-dir", str(out), "--covariates",
+                                         "cov0,cov1", "--device", "cpu", "--quiet", *[e.format(out=out) for e in extra])
             results[name]["seconds"].append(seconds)
-            results[name]["rss"] = max(results[name]["rss"], rss)
+            results[name]["rss"] = max(results[name]["rss"], rss / 2**20)
             results[name]["bytes"] = written_bytes(out)
             if "--no-per-cell" not in extra and "--summary" not in extra:
-                read, _ = command("summarize", str(out), "--data", str(data), "--groupby", "celltype", "-q",
-                                  "--out", str(out / "summary.tsv"))
+                read = command("summarize", str(out), "--data", str(data), "--groupby", "celltype", "-q",
+                               "--out", str(out / "summary.tsv"))[0]
                 results[name].setdefault("summarize", []).append(read)
                 os.unlink(out / "summary.tsv")
     base = results["float32"]

@@ -23,11 +23,10 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dataclasses import replace  # noqa: E402
-
 from bench_atlas import LAYOUT, SHAPES, build  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]

@@ -116,6 +116,7 @@ class _Job:
 
     def __init__(self, rows: int) -> None:
         self.output, self.failed, self.rows, self.discarded = object(), None, rows, False
+        self.resumable = True
 
     def save(self) -> int:
         return self.rows

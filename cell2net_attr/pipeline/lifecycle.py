@@ -30,6 +30,7 @@ class OutputJob(Protocol):
 
     output: Any  # where the output goes (None: kept in memory)
     failed: BaseException | None
+    resumable: bool  # whether an interrupt leaves something to --resume (or to a rerun) from
 
     def save(self) -> int:
         """Save what is done (interrupted); how much was saved (cells, peaks)."""

@@ -190,6 +190,11 @@ class MutagenesisJob:
         write_mutagenesis(self.output[0], self.output[1], self.result(), self.attrs, self.return_seq)
         self.parts.discard()
 
+    @property
+    def resumable(self) -> bool:
+        """Whether it writes a file (an interrupt then says how to continue)."""
+        return self.output is not None
+
     def save(self) -> int:
         """Finished peaks are saved as they finish: how many there are."""
         return len(self.done)

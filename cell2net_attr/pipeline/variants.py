@@ -196,6 +196,11 @@ class VariantJob:
             return
         write_variant_table(self.output, self.table(), self.fmt, self.attrs)
 
+    @property
+    def resumable(self) -> bool:
+        """Whether it writes a file (an interrupt then says how to continue)."""
+        return self.output is not None
+
     def save(self) -> int:
         """Nothing is resumable within a gene: it is computed again."""
         return 0

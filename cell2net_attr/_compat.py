@@ -6,24 +6,8 @@ missing module into a clear error instead of an ``ImportError`` deep inside a ru
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
-
-
-@functools.lru_cache(maxsize=64)
-def quadrature(method: str, n_steps: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """captum's integration nodes ``alphas`` in [0, 1] and weights ``steps`` for ``method``.
-
-    The fast engines use captum's own quadrature so that they integrate exactly as the reference does.
-    """
-    try:
-        from captum.attr._utils.approximation_methods import approximation_parameters
-    except ImportError as exc:  # captum moved its private module: fail loudly, never integrate differently
-        raise RuntimeError(f"this captum ({_version('captum')}) has no approximation_parameters; "
-                           f"install captum>=0.7,<1") from exc
-    step_fn, alpha_fn = approximation_parameters(method)
-    return tuple(alpha_fn(n_steps)), tuple(step_fn(n_steps))  # immutable: cached for every gene
 
 
 def read_elem(elem: Any) -> Any:
@@ -73,11 +57,3 @@ def _anndata(name: str) -> Callable:
 
     return getattr(anndata.io, name)
 
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"

@@ -206,7 +206,7 @@ def assert_ig_close(got, ref, method: str = "gausslegendre", n_steps: int = 100,
     cell's largest attribution. Such a cell is a node that landed on a hidden ReLU unit's switch within float
     rounding, counted on one side by one engine and on the other by the other (captum does the same); the
     closed form (``method="exact"``) has no nodes and no exception."""
-    from cell2net_attr._compat import quadrature
+    from cell2net_attr.engines.quadrature import quadrature
 
     got, ref = np.asarray(got), np.asarray(ref)
     assert got.shape == ref.shape

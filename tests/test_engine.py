@@ -108,6 +108,17 @@ def test_delta_matches_captum_definition(random_model):
     assert np.allclose(d_ref, d_fast, atol=1e-5 * max(1.0, np.abs(a_ref).max()))
 
 
+@pytest.mark.parametrize("method", QUADRATURE_METHODS)
+@pytest.mark.parametrize("n_steps", [2, 3, 17, 100, 1000])
+def test_quadrature_is_captums_to_the_bit(method, n_steps):
+    from captum.attr._utils.approximation_methods import approximation_parameters
+
+    from cell2net_attr.engines.quadrature import quadrature
+
+    step_fn, alpha_fn = approximation_parameters(method)
+    assert quadrature(method, n_steps) == (tuple(alpha_fn(n_steps)), tuple(step_fn(n_steps)))
+
+
 def test_riemann_needs_two_steps():
     with pytest.raises(UserError, match="at least 2 steps"):
         IGParams(1, "riemann_left")

@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._compat import quadrature
 from ..errors import UserError
 from ..model.architecture import Cell2NetModule
 from .base import IGParams
 from .peak_encoder import PeakEncoder
+from .quadrature import quadrature
 
 
 class GeneHead:

@@ -235,10 +235,10 @@ def test_peaks_resume_after_kill_equals_uninterrupted(demo_atlas, tmp_path, monk
 
     monkeypatch.setenv("CELL2NET_ATTR_CHUNK_ROWS", "4")
     data, cks = demo_atlas
-    ref, _, ref_delta = _peaks(demo_atlas, tmp_path / "ref.h5", "--batch-size", "1", engine="captum")
+    ref, _, ref_delta = _peaks(demo_atlas, tmp_path / "ref.h5", "--batch-size", "1", "--idx", "0:30", engine="captum")
     out, partial = tmp_path / "p.h5", tmp_path / ".p.h5.partial"
     cmd = run_cmd(cks[0], data, out, "--target", "peaks", "--engine", "captum", "--batch-size", "1", "--n-steps", "16",
-               "--delta", "-q")
+               "--idx", "0:30", "--delta", "-q")
     rc, err = interrupt(cmd, partial, signal.SIGKILL)
     assert rc == -9, err
     assert not out.exists() and list(partial.glob("chunk-*.npz"))

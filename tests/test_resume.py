@@ -21,7 +21,7 @@ def slow_run(demo_atlas, tmp_path_factory):
     data, checkpoints = demo_atlas
     ck = checkpoints[0]
     ref = tmp_path_factory.mktemp("ref") / "ref.h5"
-    args = ("--engine", "captum", "--batch-size", "1", "--n-steps", "24", "--delta", "-q")
+    args = ("--engine", "captum", "--batch-size", "1", "--n-steps", "8", "--idx", "0:24", "--delta", "-q")
     subprocess.run(run_cmd(ck, data, ref, *args), check=True)
     return ck, data, args, ref
 
@@ -78,7 +78,7 @@ def _resume_with_other_options(slow_run, tmp_path, monkeypatch, change):
 
 
 def test_resume_refuses_a_partial_of_another_run(slow_run, tmp_path, monkeypatch):
-    r = _resume_with_other_options(slow_run, tmp_path, monkeypatch, lambda args: [a if a != "24" else "25"
+    r = _resume_with_other_options(slow_run, tmp_path, monkeypatch, lambda args: [a if a != "8" else "9"
                                                                                    for a in args])
     assert r.exit_code == 2 and "different run" in r.stderr and "n_steps" in r.stderr
     assert (tmp_path / ".a.h5.partial").is_dir()  # nothing of the earlier run was destroyed

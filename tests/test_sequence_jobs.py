@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -135,7 +136,7 @@ def test_interrupted_mutagenesis_resumes_at_the_next_peak(tmp_path):
     """Killed after its first peak, a rerun with --resume computes the others only, and equals a whole run."""
     from cell2net_attr.synthetic import GeneSpec, make_gene_models
 
-    data, (ck,) = make_gene_models(tmp_path, [GeneSpec("GL", 6, 5)], n_cells=600, n_tfs_total=8, seed=4)
+    data, (ck,) = make_gene_models(tmp_path, [GeneSpec("GL", 6, 5)], n_cells=100, n_tfs_total=8, seed=4)
     whole, out = tmp_path / "whole.h5", tmp_path / "m.h5"
     base = [sys.executable, "-m", "cell2net_attr", "mutagenesis", str(ck), str(data), "--covariates", COVARIATES,
             "--peaks", "all", "--threads", "1"]
@@ -143,7 +144,7 @@ def test_interrupted_mutagenesis_resumes_at_the_next_peak(tmp_path):
     proc = subprocess.Popen([*base, "-o", str(out)], stderr=subprocess.PIPE, text=True)
     partial = tmp_path / ".m.h5.partial"
     while proc.poll() is None and not list(partial.glob("peak-*.npz")):
-        pass
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "peaks saved" in err and "--resume" in err and not out.exists()

@@ -1,11 +1,14 @@
 """``plan``'s measurements: a few cells of a few genes through the real driver, on this machine, these threads.
 
 Each calibration gene (the smallest and the largest of the job, by :func:`~.plan.gene_size`) is loaded and
-bound as ``run-many`` does, then computed twice, on the first ``n/4`` and the first ``n`` selected cells, into
+bound as ``run-many`` does, then computed twice, on the first ``n/2`` and the first ``n`` selected cells, into
 its real output (in a scratch folder): the difference between the two gives what one more cell costs, apart
 from what a gene costs whatever its cells (the checkpoint, data, engine, training check and output file).
-Reading, writing and the bytes written are measured the same way. Memory is the process's resident size
-before, with the genes, and at its peak.
+For TFs ``n`` is two of the engine's blocks of cells (:func:`calibration_cells`): the two runs then differ by
+one whole block in the shapes the job computes, and what the first block of a gene's shapes costs once (the
+math libraries prepare their kernels per shape) is the gene's, as in the job. Reading, writing and the bytes
+written are measured the same way. Memory is the process's resident size once warm (after a first gene),
+with the genes, and at its peak, each read after freed memory is handed back.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .gene_job import GeneJob, JobSpec, Selection, open_job
 from .lifecycle import Lifecycle
 from .plan import Calibration, GeneShape
 from .progress import NullProgress
+from .stream import release_free_memory
 from .summary_job import GeneMoments
 from .training_check import check_training
 
@@ -85,7 +89,8 @@ def _timed(into: Timer):
 
 
 def rss_bytes() -> int:
-    """The process's resident bytes now (Linux), else its peak so far."""
+    """The process's resident bytes now, once freed heap memory is handed back (Linux), else its peak so far."""
+    release_free_memory()
     try:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -134,27 +139,34 @@ def pick_genes(shapes: list[GeneShape], n: int) -> list[int]:
     return list(dict.fromkeys(picks))
 
 
-def calibrate(ctx: Context, start: Timer, cells: int = 256, genes: int = 2,
+def calibration_cells(spec: JobSpec) -> int:
+    """Cells computed per calibration gene by default: two of the engine's blocks for TFs; 64 for peaks, whose
+    engine computes a cell at a time (its cost is linear from the first cells) and costs milliseconds each."""
+    return 64 if spec.params.target == "peaks" else 2 * spec.blocks.compute
+
+
+def calibrate(ctx: Context, start: Timer, cells: int | None = None, genes: int = 2,
               log: Callable[[str], None] | None = None) -> Calibration:
-    """The :class:`Calibration` of the job ``ctx`` describes (``start``: what its start-up costs)."""
+    """The :class:`Calibration` of the job ``ctx`` describes (``start``: what its start-up costs; ``cells``:
+    per calibration gene, :func:`calibration_cells` when None)."""
     rows = ctx.selection.rows
-    n2 = max(2, min(cells, len(rows)))
-    n1 = max(1, n2 // 4)
+    n2 = max(2, min(cells or calibration_cells(ctx.spec), len(rows)))
+    n1 = max(1, n2 // 2)
     picks = pick_genes(ctx.shapes, genes)
     if log:
         log(f"calibrating on {n2} cells of {', '.join(ctx.shapes[i].gene for i in picks)}")
     scratch = Path(tempfile.mkdtemp(prefix=".plan-", dir=ctx.scratch))
-    base = rss_bytes()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _warm_up(ctx, picks[0], scratch)
+            base = rss_bytes()  # warm: torch's and the allocators' one-time memory is the process's, not a gene's
             probes = [_probe(ctx, i, n1, n2, scratch) for i in picks]
             grouped = _read_time(ctx, [p.model for p in probes], rows, n1, n2)
             summary = _summary_bytes(ctx, probes, scratch) if ctx.summary_suffix else (0.0, 0.0)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    held = rss_bytes()
+    held = rss_bytes()  # the probe genes still held (their models and engines)
     per_gene = max(0, held - base) // len(probes)
     work = max(0, peak_rss_bytes() - held)
     single = float(np.mean([p.read_per_cell for p in probes]))

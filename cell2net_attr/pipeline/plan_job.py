@@ -33,7 +33,7 @@ from .threads import set_threads
 
 
 def plan_job(checkpoints: list[Path], data: Path, fmt: str, opts: RunOptions, *, tasks: int | None = None,
-             time_limit: float | None = None, cells: int = 256, genes: int = 2, scratch: Path | None = None,
+             time_limit: float | None = None, cells: int | None = None, genes: int = 2, scratch: Path | None = None,
              log: Callable[[str], None] | None = None) -> Plan:
     """Predict what ``run-many CHECKPOINTS DATA --format FMT`` with ``opts`` costs (see the module docstring).
 

@@ -54,7 +54,7 @@ def main() -> None:
         worst = max(worst, *(max(r, 1 / r) for r in ratios.values()))
         rows.append((name, plan, real, ratios))
     print(f"atlas: {args.cells} cells, {args.genes} genes (100 peaks, 80-200 TFs), {os.cpu_count()} CPUs; "
-          f"plan (default calibration: 256 cells of 2 genes) then the real run-many, per configuration")
+          f"plan (its default calibration) then the real run-many, per configuration")
     print(f"\n{'configuration':<22}{'what':<12}{'predicted':>14}{'real':>14}{'predicted/real':>16}")
     for name, plan, real, ratios in rows:
         for key, label, scale in (("seconds", "wall s", 1), ("cpu_seconds", "CPU s", 1),

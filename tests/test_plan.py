@@ -118,3 +118,16 @@ def test_calibration_genes_are_the_smallest_and_the_largest():
     assert pick_genes(shapes, 1) == [1]
     assert sorted(pick_genes(shapes, 3)) == [1, 2, 3] or sorted(pick_genes(shapes, 3)) == [0, 1, 2]
     assert np.all(np.array(pick_genes(shapes, 9)) >= 0)
+
+
+def test_uncompressed_files_take_whole_chunks():
+    """An uncompressed HDF5 dataset allocates whole chunks of rows: 5,012 cells in chunks of 4,096 take 8,192."""
+    from cell2net_attr.io.writers import allocated_rows
+    from cell2net_attr.pipeline.plan import output_bytes
+
+    assert allocated_rows(5012) == 8192 and allocated_rows(4096) == 4096 and allocated_rows(100) == 100
+    cal = _cal(bytes_per_file=0.0, bytes_per_row=0.0)
+    plain, padded = JobShape(cells=5012), JobShape(cells=5012, stored_rows=8192)
+    files, _ = output_bytes(GENES, plain, cal)
+    assert files == sum(5012 * g.n_features * 2 for g in GENES)
+    assert output_bytes(GENES, padded, cal)[0] == sum(8192 * g.n_features * 2 for g in GENES)

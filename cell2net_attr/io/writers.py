@@ -37,6 +37,13 @@ from .schema import (
 from .storage import Storage
 
 NAME_BLOCK = 65536  # cell names written per block
+CHUNK_ROWS = 4096  # rows per HDF5 chunk of the per-cell values
+
+
+def allocated_rows(n: int) -> int:
+    """Rows an uncompressed chunked dataset of ``n`` rows takes on disk: whole chunks are allocated."""
+    chunk = max(1, min(n, CHUNK_ROWS))
+    return -(-n // chunk) * chunk
 
 
 class Writer(Protocol):
@@ -187,7 +194,7 @@ class H5Writer(TempFileWriter):
         n, t = len(obs_names), len(features)
         with io_errors(path, self.abort):
             self._f = h5py.File(self.tmp, "w", locking=locking)
-            chunk_rows = max(1, min(n, 4096))
+            chunk_rows = max(1, min(n, CHUNK_ROWS))
             self._attr = self._f.create_dataset(ATTRIBUTIONS, shape=(n, t), maxshape=(None, t),
                                                 chunks=(chunk_rows, t), **storage.dataset_options())
             string = h5py.string_dtype()
@@ -225,7 +232,7 @@ class AnnDataFile(TempFileWriter):
 
     def _matrix(self, group, name: str, n: int, t: int, storage: Storage = Storage()):
         """A dense (n, t) array chunked by rows, with anndata's encoding, stored as ``storage`` says."""
-        ds = group.create_dataset(name, shape=(n, t), chunks=(max(1, min(n, 4096)), t) if t else None,
+        ds = group.create_dataset(name, shape=(n, t), chunks=(max(1, min(n, CHUNK_ROWS)), t) if t else None,
                                   **storage.dataset_options())
         ds.attrs.update(ARRAY_ENCODING)
         return ds
@@ -301,8 +308,7 @@ def open_h5(path: Path, obs_names: Sequence[str], features: list[str], meta: dic
             storage: Storage = Storage()) -> Writer:
     """An HDF5 writer, after checking that the disk can hold the output (uncompressed: the most it takes)."""
     n, t = len(obs_names), len(features)
-    chunk = max(1, min(n, 4096))  # as H5Writer chunks; whole chunks are allocated
-    rows = -(-n // chunk) * chunk
+    rows = allocated_rows(n)  # as H5Writer chunks
     sample = obs_names[0:1000]  # name sizes estimated from a sample
     names = sum(len(str(s).encode()) + 16 for s in sample) * n // max(len(sample), 1)
     names += sum(len(str(s).encode()) + 16 for s in features)

@@ -127,6 +127,7 @@ class JobShape:
     group_genes: int = 64
     num_workers: int = 1
     itemsize: int = 4
+    stored_rows: int | None = None  # rows a file's values take on disk (whole chunks, uncompressed); None: cells
 
 
 def gene_seconds(genes: list[GeneShape], job: JobShape, cal: Calibration, cpu: bool = False) -> np.ndarray:
@@ -163,7 +164,8 @@ def output_bytes(genes: list[GeneShape], job: JobShape, cal: Calibration) -> tup
     """Bytes of the per-cell files (0 without them) and of the summary (0 without one)."""
     files = 0.0
     if job.per_cell:
-        files = sum(cal.bytes_per_file + job.cells * (cal.bytes_per_row + g.n_features * cal.bytes_per_value)
+        rows = job.stored_rows or job.cells
+        files = sum(cal.bytes_per_file + job.cells * cal.bytes_per_row + rows * g.n_features * cal.bytes_per_value
                     for g in genes)
     table = cal.summary_bytes + cal.summary_bytes_per_row * job.summary_rows_per_gene * len(genes) \
         if job.summary_rows_per_gene else 0.0

@@ -20,6 +20,7 @@ from ..data.store import H5Store
 from ..downstream.groups import read_groups
 from ..errors import UserError
 from ..io.formats import format_named
+from ..io.writers import allocated_rows
 from ..model.checkpoint import load_checkpoint
 from ..model.device import resolve_device
 from .calibrate import Context, Timer, calibrate, hash_seconds, seconds_since_start
@@ -77,8 +78,10 @@ def plan_job(checkpoints: list[Path], data: Path, fmt: str, opts: RunOptions, *,
         calibration = calibrate(ctx, start, cells, genes, log)
     finally:
         store.close()
-    job = JobShape(len(selection.rows), opts.per_cell, rows_per_gene, GROUP_GENES, opts.num_workers,
-                   opts.storage().itemsize)
+    n = len(selection.rows)
+    padded = output_format.has_names and opts.compression == "none"  # HDF5 allocates whole chunks
+    job = JobShape(n, opts.per_cell, rows_per_gene, GROUP_GENES, opts.num_workers, opts.storage().itemsize,
+                   allocated_rows(n) if padded else n)
     plan = predict(shapes, job, calibration, tasks, time_limit)
     plan.threads, plan.device = threads, str(device)
     return plan

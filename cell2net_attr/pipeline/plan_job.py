@@ -15,9 +15,9 @@ import numpy as np
 
 from ..data.covariates import parse_covariates
 from ..data.job_index import DataIndex
+from ..data.obs_groups import read_obs_groups
 from ..data.selection import read_tokens
 from ..data.store import H5Store
-from ..downstream.groups import read_groups
 from ..errors import UserError
 from ..io.formats import format_named
 from ..io.writers import allocated_rows
@@ -91,7 +91,7 @@ def _groups(index: DataIndex, selection: Selection, groupby: str | None) -> tupl
     """The summary's group of each selected cell, the groups' order, and how many have a selected cell."""
     if groupby is None:
         return np.zeros(len(selection.rows), dtype=np.int64), [None], 1
-    groups = read_groups(index.store, groupby)
+    groups = read_obs_groups(index.store, groupby)
     codes = groups.codes[selection.rows]
     return codes, list(groups.order), int(len(np.unique(codes[codes >= 0])))
 

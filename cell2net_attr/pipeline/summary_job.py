@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ..data.job_index import DataIndex
+from ..data.obs_groups import read_obs_groups
 from ..downstream import tables_io
-from ..downstream.groups import read_groups
 from ..downstream.moments import GroupMoments
 from ..downstream.summary import Summary, gene_table
 from ..errors import UserError
@@ -99,7 +99,7 @@ class SummaryJob:
         check_summary_path(self.path, [Path(index.source)])
         self.groupby, self.top, self.target = groupby, top, spec.params.target
         if groupby is not None:
-            groups = read_groups(index.store, groupby)
+            groups = read_obs_groups(index.store, groupby)
             self.codes, self.order = groups.codes[spec.rows], list(groups.order)
         else:
             self.codes, self.order = np.zeros(len(spec.rows), dtype=np.int64), [None]

@@ -12,13 +12,15 @@ from typing import Optional
 
 import typer
 
-from ..errors import EXIT_INTERNAL, EXIT_USER
+from ..errors import EXIT_USER
 from ..io.schema import FEATURE_LABEL
 from .common import (
     RUN_MANY_OPTIONS,
     RUN_OPTIONS,
     OutputFormat,
     err,
+    finish_genes,
+    gene_reporter,
     option,
     plain,
     reported,
@@ -67,30 +69,15 @@ def run_many(
     With --summary, also the table `summarize --groupby` would give, accumulated while computing (with
     --no-per-cell, the table alone).
     """
-    from ..pipeline.gene_groups import Outcome
     from ..pipeline.models import collect_checkpoints
     from ..pipeline.run_many import run_many as run_genes
     from ..pipeline.shards import resolve_shard
 
     with reported():
-        quiet = opts["quiet"]
         checkpoints = collect_checkpoints(models)
-
-        def report(i: int, n: int, o) -> None:
-            if not quiet or o.kind.failed:
-                detail = f": {o.error}" if o.error else f" -> {o.output}" if o.kind is Outcome.DONE else ""
-                err(f"[{i + 1}/{n}] {o.gene} {o.kind.status}{detail}")
-
-        outcomes = run_genes(checkpoints, data, out_dir, plain(fmt), run_options(opts), report,
+        outcomes = run_genes(checkpoints, data, out_dir, plain(fmt), run_options(opts), gene_reporter(opts["quiet"]),
                              resolve_shard(opts["shard"]), on_note=lambda note: err(f"note: {note}"))
-        counts = {s: sum(o.kind.status == s for o in outcomes) for s in ("done", "skipped", "busy", "failed")}
-        if not quiet or counts["failed"]:
-            busy = f", {counts['busy']} left to another run" if counts["busy"] else ""
-            err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped{busy}, "
-                 f"{counts['failed']} failed; report in {out_dir}")
-        if counts["failed"]:
-            internal = any(o.kind is Outcome.INTERNAL_ERROR for o in outcomes)
-            raise typer.Exit(EXIT_INTERNAL if internal else EXIT_USER)
+        finish_genes(outcomes, out_dir, opts["quiet"])
 
 
 def merge(

@@ -195,3 +195,30 @@ def shared_options(*names: str) -> Callable[[Callable], Callable]:
         fn.__signature__ = sig.replace(parameters=own + extra)
         return fn
     return wrap
+
+
+def gene_reporter(quiet: bool) -> Callable[[int, int, object], None]:
+    """What a job over many genes prints per gene (``[i/n] GENE status``): failures always, the rest unless
+    ``quiet``."""
+    from ..pipeline.gene_groups import Outcome
+
+    def report(i: int, n: int, o) -> None:
+        if not quiet or o.kind.failed:
+            detail = f": {o.error}" if o.error else f" -> {o.output}" if o.kind is Outcome.DONE else ""
+            err(f"[{i + 1}/{n}] {o.gene} {o.kind.status}{detail}")
+    return report
+
+
+def finish_genes(outcomes: list, out_dir: Path, quiet: bool) -> None:
+    """The closing line of a job over many genes, and its exit code: 2 if a gene failed on its input, 1 if on
+    a bug."""
+    from ..pipeline.gene_groups import Outcome
+
+    counts = {s: sum(o.kind.status == s for o in outcomes) for s in ("done", "skipped", "busy", "failed")}
+    if not quiet or counts["failed"]:
+        busy = f", {counts['busy']} left to another run" if counts["busy"] else ""
+        err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped{busy}, "
+            f"{counts['failed']} failed; report in {out_dir}")
+    if counts["failed"]:
+        internal = any(o.kind is Outcome.INTERNAL_ERROR for o in outcomes)
+        raise typer.Exit(EXIT_INTERNAL if internal else EXIT_USER)

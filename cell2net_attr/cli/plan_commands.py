@@ -56,12 +56,13 @@ def plan(
         log = None if opts["quiet"] else (lambda line: err(f"plan: {line}"))
         if log:
             log(f"reading {len(checkpoints)} checkpoints and {data}")
-        result = plan_job(checkpoints, data, plain(fmt), run_options(opts), tasks=tasks, time_limit=limit,
+        options = run_options(opts)
+        result = plan_job(checkpoints, data, plain(fmt), options, tasks=tasks, time_limit=limit,
                           cells=calibration_cells, genes=calibration_genes, scratch=out_dir, log=log)
         if as_json:
             typer.echo(json.dumps(result.as_dict(), indent=2))
         else:
-            typer.echo(describe(result, plain(fmt), run_options(opts)))
+            typer.echo(describe(result, plain(fmt), options))
 
 
 def describe(plan, fmt: str, opts) -> str:

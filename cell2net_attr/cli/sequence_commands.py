@@ -11,7 +11,17 @@ import typer
 
 from ..engines.ism_effect import N_RULES
 from ..engines.registry import PREDICTORS
-from .common import JOB_OPTIONS, choices, err, plain, reported, run_options, shared_options
+from .common import (
+    JOB_OPTIONS,
+    choices,
+    err,
+    finish_genes,
+    gene_reporter,
+    plain,
+    reported,
+    run_options,
+    shared_options,
+)
 
 Predictor = choices("Predictor", PREDICTORS)
 NRule = choices("NRule", N_RULES)
@@ -107,7 +117,6 @@ def variants(
     **opts,
 ) -> None:
     """What variants do to the modelled genes (see ``VARIANTS_HELP``)."""
-    from ..pipeline.gene_groups import Outcome
     from ..pipeline.models import collect_checkpoints
     from ..pipeline.shards import resolve_shard
     from ..pipeline.variants import SHOWN_SKIPS, VariantOptions, run_variants
@@ -129,20 +138,8 @@ def variants(
                 err(f"{len(placed.pairs)} variant-gene-peak pairs to score from {placed.n_records} records; "
                     f"{len(rows) + unlisted} records not scored")
 
-        def report_gene(i: int, n: int, o) -> None:
-            if not quiet or o.kind.failed:
-                detail = f": {o.error}" if o.error else f" -> {o.output}" if o.kind is Outcome.DONE else ""
-                err(f"[{i + 1}/{n}] {o.gene} {o.kind.status}{detail}")
-
         options = run_options(opts, VariantOptions, variants=variants_file, groupby=groupby, report=report,
                               fmt=plain(fmt), engine=plain(engine), batch_size=batch_size)
-        outcomes = run_variants(checkpoints, data, out_dir, options, report_gene, resolve_shard(opts["shard"]),
-                                on_skip=skipped)
-        failed = [o for o in outcomes if o.kind.failed]
-        if not quiet or failed:
-            counts = {s: sum(o.kind.status == s for o in outcomes) for s in ("done", "skipped", "busy")}
-            err(f"{len(outcomes)} genes: {counts['done']} done, {counts['skipped']} skipped, {len(failed)} failed; "
-                f"report in {out_dir}")
-        if failed:
-            internal = any(o.kind is Outcome.INTERNAL_ERROR for o in failed)
-            raise typer.Exit(1 if internal else 2)
+        outcomes = run_variants(checkpoints, data, out_dir, options, gene_reporter(quiet),
+                                resolve_shard(opts["shard"]), on_skip=skipped)
+        finish_genes(outcomes, out_dir, quiet)

@@ -50,7 +50,7 @@ class DataIndex:
         self._var: dict[str, pd.Index] = {}
         self._row_maps: dict[str, np.ndarray | None] = {}
         self._gene_tf: dict[str, GeneTable] = {}
-        self._sequences: dict[str, tuple[pd.Series, set[str]]] = {}
+        self._sequences: dict[str, tuple[pd.Series, set[str]] | None] = {}
         self._covariates: dict[tuple[str, ...], np.ndarray] = {}
         self._has: dict[str, bool] = {}
 
@@ -126,12 +126,7 @@ class DataIndex:
         if atac_mod not in self._sequences:
             key = f"mod/{atac_mod}/uns/peaks"
             table = self.store.read(key) if self.has(key) else None
-            if not isinstance(table, pd.DataFrame) or "sequence" not in table.columns:
-                return None
-            index = table.index.astype(str)
-            first = ~index.duplicated()
-            self._sequences[atac_mod] = (pd.Series(table["sequence"].to_numpy()[first], index=index[first]),
-                                         set(index[index.duplicated()]))
+            self._sequences[atac_mod] = _sequence_lookup(table)  # None too: an older save is looked at once
         return self._sequences[atac_mod]
 
     def covariates(self, names: list[str]) -> np.ndarray:
@@ -163,3 +158,12 @@ def _row_map(store: Store, mod: str, obs_names: CellNames) -> np.ndarray | None:
         raise UserError(f"cell(s) {absent[:3]} of obs are missing from modality '{mod}'", store.source)
     return pos.astype(np.int64)
 
+
+def _sequence_lookup(table) -> tuple[pd.Series, set[str]] | None:
+    """The ``sequence`` column of ``uns['peaks']`` by peak name (first of repeated names) and the repeated names;
+    None when ``table`` is not a table with that column."""
+    if not isinstance(table, pd.DataFrame) or "sequence" not in table.columns:
+        return None
+    index = table.index.astype(str)
+    first = ~index.duplicated()
+    return pd.Series(table["sequence"].to_numpy()[first], index=index[first]), set(index[index.duplicated()])

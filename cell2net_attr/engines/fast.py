@@ -30,7 +30,9 @@ from .quadrature import quadrature
 
 class GeneHead:
     """What a structured engine precomputes once per gene: the peak encoder, the head's first Linear split
-    by input (its distance and bias terms folded into one constant row), and captum's quadrature."""
+    by input (its distance and bias terms folded into one constant row), the gradient row of the rest of the
+    head (``head_scale``: None for a head of another shape, differentiated by autograd) and captum's
+    quadrature."""
 
     name = "fast"
 
@@ -43,6 +45,7 @@ class GeneHead:
         if not isinstance(first, nn.Linear):
             raise UserError("the head does not start with a Linear layer", param="engine")
         self.module, self.rest, spec = module.eval(), module.fc[1:], module.spec
+        self.head_scale = _standard_head_scale(self.rest)
         w = first.weight.detach()
         n_enc = spec.n_peaks * spec.n_dims
         self.w_peaks_t = w[:, :n_enc].T.contiguous()  # (P*D, H)
@@ -69,7 +72,6 @@ class FastEngine(GeneHead):
     def __init__(self, module: nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor,
                  params: IGParams) -> None:
         super().__init__(module, peak_seq, peak_dist, params)
-        self.head_scale = _standard_head_scale(self.rest)  # None: a head of another shape, by autograd
         if params.method == "exact" and self.head_scale is None:
             _exact_head_scale(self.rest)  # raises, naming the head's layers
 

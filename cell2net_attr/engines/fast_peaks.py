@@ -25,7 +25,7 @@ import functools
 import torch
 
 from .block_grad import BlockGrad, relu_backward
-from .fast import GeneHead, _standard_head_scale
+from .fast import GeneHead
 from .open_block import OpenBlockGrad, Static
 
 #: Floats that the tensors of one chunk may hold: about a last-level cache on a CPU, much more on a GPU.
@@ -41,7 +41,6 @@ class FastPeakEngine(GeneHead):
     def __init__(self, module: torch.nn.Module, peak_seq: torch.Tensor, peak_dist: torch.Tensor, params) -> None:
         super().__init__(module, peak_seq, peak_dist, params)
         enc = self.encoder
-        self.head_scale = _standard_head_scale(self.rest)
         self.blocks = [BlockGrad(b) for b in enc.blocks]
         p, d = enc.n_peaks, enc.n_dims
         self.w_head = self.w_peaks_t.T.reshape(-1, p, d).contiguous()  # (hidden, P, D)
